@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""edgecnn's benchmark agent: one file that needs only Python 3.9+, numpy and one runtime.
+
+It loads a model (.onnx with ONNX Runtime, .tflite with LiteRT or tflite-runtime, TorchScript
+with torch when present), computes top-1 accuracy on the evaluation batch shipped with it (an
+.npz with uint8 images `x`, labels `y`, and the normalisation `mean`/`std`), measures batch-1
+latency (warm-up, then at least --min-iters iterations and --min-seconds), and prints one JSON
+object. edgecnn runs this same file locally in a subprocess and copies it to remote devices, so
+every accuracy and latency in a report is measured one way.
+
+    python3 agent.py --model model.tflite --data eval.npz --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+AGENT_VERSION = 1
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        return _peak_mb()
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM (reset at exec, unlike ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e3
+    except (OSError, ValueError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e3 if sys.platform != "darwin" else peak / 1e6
+
+
+class OnnxRuntime:
+    """ONNX Runtime on CPU (or CUDA / TensorRT providers when asked and installed)."""
+
+    def __init__(self, path: str, threads: int, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, opts, providers=wanted)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.name = f"onnxruntime {ort.__version__}"
+        self.providers = self.session.get_providers()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class LiteRT:
+    """LiteRT (ai-edge-litert) or, where that is what a device has, tflite-runtime."""
+
+    def __init__(self, path: str, threads: int, prefer: str = "auto"):
+        Interpreter, self.name = _tflite_interpreter(prefer)
+        self.interp = Interpreter(model_path=path, num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.batch = int(self.inp["shape"][0])
+        self.providers = ["XNNPACK"]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.inp["dtype"]
+        if dtype in (np.int8, np.uint8):
+            scale, zero = self.inp["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        self.interp.set_tensor(self.inp["index"], x)
+        self.interp.invoke()
+        y = self.interp.get_tensor(self.out["index"])
+        if self.out["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y
+
+
+def _tflite_interpreter(prefer: str):
+    if prefer in ("auto", "litert"):
+        try:
+            from ai_edge_litert import __version__ as v  # type: ignore[attr-defined]
+            from ai_edge_litert import interpreter as lit
+
+            return lit.Interpreter, f"litert {v}"
+        except ImportError:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+
+                return Interpreter, "litert"
+            except ImportError:
+                if prefer == "litert":
+                    raise
+    import tflite_runtime
+    from tflite_runtime.interpreter import Interpreter
+
+    return Interpreter, f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
+
+
+class TorchScript:
+    """A TorchScript file on PyTorch (CPU, or CUDA when --cuda)."""
+
+    def __init__(self, path: str, threads: int, cuda: bool = False):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = "cuda" if cuda else "cpu"
+        self.model = torch.jit.load(path, map_location=self.device).eval()
+        self.batch = None
+        self.name = f"torch {torch.__version__.split('+')[0]}"
+        self.providers = [self.device]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.from_numpy(x).to(self.device))
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+
+
+def open_runtime(path: str, threads: int, runtime: str = "auto"):
+    """The runtime adapter for a model file, by its extension (and `runtime` preference)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".onnx":
+        providers = {
+            "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        }.get(runtime)
+        return OnnxRuntime(path, threads, providers)
+    if ext == ".tflite":
+        return LiteRT(path, threads, runtime if runtime in ("litert", "tflite-runtime") else "auto")
+    if ext in (".ts", ".pt", ".torchscript"):
+        return TorchScript(path, threads, cuda=runtime == "torch-cuda")
+    raise ValueError(f"{path}: unknown model format {ext!r}; expected .onnx, .tflite or .ts")
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((x.astype(np.float32) / 255.0 - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
+
+
+def evaluate(
+    rt, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 250
+) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy and logits over the whole evaluation batch."""
+    step = rt.batch or batch_size
+    outs = []
+    for i in range(0, len(x), step):
+        xb = normalize(x[i : i + step], mean, std)
+        if rt.batch and len(xb) < rt.batch:  # a fixed-batch model: pad the last batch
+            pad = np.zeros((rt.batch - len(xb),) + xb.shape[1:], np.float32)
+            outs.append(rt.run(np.concatenate([xb, pad]))[: len(xb)])
+        else:
+            outs.append(rt.run(xb))
+    logits = np.concatenate(outs).astype(np.float32).reshape(len(x), -1)
+    return float((logits.argmax(1) == y).mean()), logits
+
+
+def measure_latency(
+    rt, sample: np.ndarray, warmup: int, min_iters: int, min_seconds: float, max_iters: int = 100000
+) -> dict:
+    """Batch-1 latency: warm-up, then at least `min_iters` runs and `min_seconds` of them."""
+    for _ in range(warmup):
+        rt.run(sample)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter_ns()
+        rt.run(sample)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    arr = np.array(times)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+        "mean": float(arr.mean()),
+        "min": float(arr.min()),
+        "iters": len(times),
+    }
+
+
+def run(
+    model: str,
+    data: str,
+    threads: int = 1,
+    runtime: str = "auto",
+    warmup: int = 10,
+    min_iters: int = 50,
+    min_seconds: float = 1.0,
+    logits_out: str | None = None,
+) -> dict:
+    """Benchmark one model file on one evaluation batch; returns the JSON-able result."""
+    threads = threads or (os.cpu_count() or 1)
+    with np.load(data) as z:
+        x, y, mean, std = z["x"], z["y"], z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    rt = open_runtime(model, threads, runtime)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    acc, logits = evaluate(rt, x, y, mean, std)
+    if logits_out:
+        np.save(logits_out, logits)
+    sample = normalize(x[:1], mean, std)
+    if rt.batch and rt.batch > 1:
+        sample = np.repeat(sample, rt.batch, axis=0)
+    latency = measure_latency(rt, sample, warmup, min_iters, min_seconds)
+    return {
+        "agent_version": AGENT_VERSION,
+        "model": os.path.basename(model),
+        "size_bytes": os.path.getsize(model),
+        "runtime": rt.name,
+        "providers": rt.providers,
+        "threads": threads,
+        "batch_size": 1,
+        "accuracy": acc,
+        "eval_samples": int(len(y)),
+        "load_ms": load_ms,
+        "latency_ms": latency,
+        "peak_memory_mb": _peak_mb(),
+        "baseline_memory_mb": base,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--runtime",
+        default="auto",
+        choices=[
+            "auto",
+            "onnxruntime",
+            "onnxruntime-cuda",
+            "onnxruntime-tensorrt",
+            "litert",
+            "tflite-runtime",
+            "torch",
+            "torch-cuda",
+        ],
+    )
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--min-iters", type=int, default=50)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--logits-out")
+    a = ap.parse_args(argv)
+    try:
+        result = run(a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out)
+    except ImportError as e:
+        print(json.dumps({"error": f"no runtime for {a.model}: {e}"}))
+        return 3
+    except Exception as e:  # noqa: BLE001 - the caller reads the JSON error
+        print(json.dumps({"error": f"{e.__class__.__name__}: {e}"}))
+        return 4
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

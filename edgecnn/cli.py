@@ -1,0 +1,450 @@
+"""The `edgecnn` command line: one click group, a subcommand per job.
+
+Bad input ends with exit code 2 and one `error: ...` line on stderr (a traceback only with
+--debug); nothing already written in a run directory is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from edgecnn.errors import UserError
+
+EXAMPLES = {
+    "compress": "edgecnn compress recipes/quickstart.yaml --set distill.epochs=2",
+    "train": "edgecnn train --model lenet --data mnist5k --epochs 3 --out teacher.pt",
+    "distill": "edgecnn distill --teacher teacher.pt --student lenet_small --data mnist5k --out student.pt",
+    "prune": "edgecnn prune student.pt --data mnist5k --ratio 0.3 --out pruned.pt",
+    "export": "edgecnn export pruned.pt --data mnist5k --out exported/",
+    "quantize": "edgecnn quantize pruned.pt --data mnist5k --out int8/",
+    "bench": "edgecnn bench runs/quickstart/quantize/model.int8.tflite --data mnist5k --json",
+    "deploy": "edgecnn deploy runs/quickstart --device rpi-emu",
+    "compare": "edgecnn compare runs/a runs/b --max-latency-ms 2",
+    "devices": "edgecnn devices",
+}
+
+
+def _example(name: str) -> str:
+    return f"\b\nExample:\n  {EXAMPLES[name]}"
+
+
+class Group(click.Group):
+    """Turns UserError (and exhausted disk or memory) into `error: ...` with exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        debug = "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo(
+                "error: out of memory; lower data.calib_samples or train batch_size, or free memory "
+                "(finished stages are kept; rerun with --resume)",
+                err=True,
+            )
+            sys.exit(2)
+        except OSError as e:
+            if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            click.echo(
+                f"error: {e.filename or 'disk'}: {e.strerror}; free space or choose another --out "
+                "(finished stages are kept; rerun with --resume)",
+                err=True,
+            )
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="edgecnn")
+def main(debug: bool) -> None:
+    """edgecnn: distil, prune, quantize, export and benchmark a CNN for edge devices.
+
+    \b
+    Example:
+      edgecnn compress recipes/quickstart.yaml
+    """
+
+
+def _print_table(models: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecnn.report import HEADER, model_rows
+
+    table = Table(*HEADER, title="edgecnn models")
+    for row in model_rows(models):
+        table.add_row(*row)
+    Console().print(table)
+
+
+@main.command(epilog=_example("compress"))
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value by dotted path.")
+@click.option("--resume", is_flag=True, help="Reuse finished stages of an interrupted run.")
+@click.option("--force", is_flag=True, help="Rerun every stage in an existing run directory.")
+def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, force: bool) -> None:
+    """Run every stage of a recipe: teacher, distill, prune, export, quantize, benchmark, report."""
+    from edgecnn.pipeline import Context, run_stages
+    from edgecnn.recipe import load_recipe, recipe_dict
+    from edgecnn.report import build_report, write_report
+    from edgecnn.stages import STAGES
+
+    rec = load_recipe(recipe, list(overrides))
+    run_dir = out or Path("runs") / rec.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: --out is a file; give a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or force):
+        raise UserError(
+            f"{run_dir}: run directory exists; add --resume to continue it, --force to redo it, or choose another --out"
+        )
+    ctx = Context(rec, run_dir)
+    status = run_stages(STAGES, ctx, resume=resume)
+    report = build_report(recipe_dict(rec), ctx.results, status, ctx.data.describe())
+    write_report(run_dir, report)
+    _print_table(report["models"])
+    click.echo(f"report: {run_dir / 'report.md'}")
+
+
+# ---- single-stage commands -------------------------------------------------------------------------
+
+
+def data_option(f):
+    f = click.option(
+        "--data",
+        "data_spec",
+        default="mnist5k",
+        show_default=True,
+        help="Data spec: mnist5k, imagefolder:PATH or cifar10:PATH.",
+    )(f)
+    f = click.option("--mean", help="Per-channel mean, comma-separated (default: from the model or data).")(f)
+    f = click.option("--std", help="Per-channel std, comma-separated.")(f)
+    return f
+
+
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--{name} {text!r}: expected comma-separated numbers, e.g. 0.5,0.5,0.5") from None
+
+
+def _load_data(spec: str, mean: str | None, std: str | None, info=None):
+    from edgecnn.data import load_data
+
+    m = _floats(mean, "mean") or (info.mean if info and info.mean else None)
+    s = _floats(std, "std") or (info.std if info and info.std else None)
+    return load_data(spec, 0.1, m, s)
+
+
+def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None):
+    from pydantic import ValidationError
+
+    from edgecnn.recipe import TrainConfig
+
+    cls = cls or TrainConfig
+    values = {"epochs": epochs, "batch_size": batch_size, **({"lr": lr} if lr else {})}
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{err['loc'][0]}: {err['msg']}") from None
+
+
+def train_options(f):
+    f = click.option("--epochs", type=int, default=5, show_default=True)(f)
+    f = click.option("--lr", type=float, help="Peak learning rate of the one-cycle schedule.")(f)
+    f = click.option("--batch-size", type=int, default=128, show_default=True)(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    return f
+
+
+def _load_any(path: Path):
+    """An edgecnn model file (ModelInfo) or a TorchScript file (no info)."""
+    from edgecnn.models import FORMAT_TAG, is_torchscript, load_model_file, load_torchscript
+
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    if is_torchscript(path):
+        return load_torchscript(path).eval(), None
+    model, info = load_model_file(path)
+    return model, info
+    del FORMAT_TAG
+
+
+def _augment(data) -> bool:
+    c, h, w = data.input_shape
+    return c == 3 and h == w == 32
+
+
+@main.command(epilog=_example("train"))
+@click.option(
+    "--model", "spec", default="lenet", show_default=True, help="Zoo name, torchvision:NAME or file.py:Class."
+)
+@data_option
+@train_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write.")
+def train(spec, data_spec, mean, std, epochs, lr, batch_size, seed, out):
+    """Train a model on labels alone and save it as an edgecnn model file."""
+    from edgecnn.models import ModelInfo, build_model, save_model
+    from edgecnn.train import accuracy, fit, predict
+
+    cfg = _train_cfg(epochs, lr, batch_size)
+    data = _load_data(data_spec, mean, std)
+    info = ModelInfo(spec, {}, data.num_classes, data.input_shape, data.mean, data.std)
+    model = build_model(info)
+    fit(model, data, cfg, seed=seed, augment=_augment(data), label="train")
+    save_model(model, info, out)
+    click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
+
+
+@main.command(epilog=_example("distill"))
+@click.option("--teacher", type=click.Path(path_type=Path), required=True, help="edgecnn model file or TorchScript.")
+@click.option("--student", "spec", default="lenet_small", show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True)
+@click.option("--alpha", type=float, default=0.7, show_default=True)
+@data_option
+@train_options
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def distill(teacher, spec, temperature, alpha, data_spec, mean, std, epochs, lr, batch_size, seed, out):
+    """Distil a teacher into a smaller student (Hinton soft targets + labels)."""
+    from edgecnn.models import ModelInfo, build_model, save_model
+    from edgecnn.recipe import DistillConfig
+    from edgecnn.train import accuracy, fit, predict
+
+    t_model, t_info = _load_any(teacher)
+    data = _load_data(data_spec, mean, std, t_info)
+    kd = _train_cfg(epochs, lr, batch_size, DistillConfig).model_copy(
+        update={"temperature": temperature, "alpha": alpha}
+    )
+    info = ModelInfo(spec, {}, data.num_classes, data.input_shape, data.mean, data.std)
+    student = build_model(info)
+    fit(student, data, kd, seed=seed, augment=_augment(data), teacher=t_model, kd=kd, label="distill")
+    save_model(student, info, out)
+    click.echo(f"{out}: test accuracy {accuracy(predict(student, data, data.test), data.test.y):.4f}")
+
+
+@main.command(epilog=_example("prune"))
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--ratio", type=float, default=0.3, show_default=True, help="Fraction of channels to remove.")
+@click.option("--macs-reduction", type=float, help="Target, e.g. 2 for 2x fewer MACs (instead of --ratio).")
+@click.option("--importance", type=click.Choice(["magnitude", "bn_scale", "taylor"]), default="magnitude")
+@click.option("--round-to", type=int)
+@data_option
+@train_options
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def prune(
+    model_path, ratio, macs_reduction, importance, round_to, data_spec, mean, std, epochs, lr, batch_size, seed, out
+):
+    """Remove channels (Torch-Pruning), fine-tune distilling from the unpruned model, save reloadably."""
+    from pydantic import ValidationError
+
+    from edgecnn.models import load_model_file
+    from edgecnn.pipeline import Context, run_stages
+    from edgecnn.recipe import Recipe
+    from edgecnn.stages import PruneStage
+
+    model, info = load_model_file(model_path)
+    try:
+        rec = Recipe(
+            name="prune",
+            seed=seed,
+            data={
+                "spec": data_spec,
+                "mean": _floats(mean, "mean") or info.mean,
+                "std": _floats(std, "std") or info.std,
+            },
+            prune={
+                "ratio": ratio,
+                "macs_reduction": macs_reduction,
+                "importance": importance,
+                "round_to": round_to,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                **({"lr": lr} if lr else {}),
+            },
+            distill=None,
+            student=None,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{err['loc'][-1]}: {err['msg']}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_dir = Path(tmp) / "teacher"
+        teacher_dir.mkdir()
+        shutil.copy(model_path, teacher_dir / "model.pt")
+        ctx = Context(rec, Path(tmp))
+        ctx.results["teacher"] = {"model_file": "model.pt", "_hash": "input"}
+        run_stages([PruneStage()], ctx, resume=False)
+        r = ctx.results["prune"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(tmp) / "prune" / "model.pt", out)
+    click.echo(
+        f"{out}: MACs {r['macs_before']:,} -> {r['macs_after']:,} ({r['macs_reduction']:.2f}x), "
+        f"params {r['params_before']:,} -> {r['params_after']:,}, test accuracy {r['accuracy']:.4f}"
+    )
+
+
+def _export_common(model_path: Path, data_spec, mean, std):
+    model, info = _load_any(model_path)
+    if info is None:
+        raise UserError(f"{model_path}: give an edgecnn model file (written by train/distill/prune/compress)")
+    return model, info, _load_data(data_spec, mean, std, info)
+
+
+@main.command(epilog=_example("export"))
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--format", "formats", default="onnx,tflite", show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
+@data_option
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
+def export(model_path, formats, opset, data_spec, mean, std, out):
+    """Export an edgecnn model file to ONNX and/or TFLite fp32, checking parity on the test split."""
+    from edgecnn.export import export_onnx, export_tflite
+    from edgecnn.runtimes import parity, runtime_logits
+    from edgecnn.train import predict
+
+    model, info, data = _export_common(model_path, data_spec, mean, std)
+    ref = predict(model, data, data.test).numpy()
+    for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
+        if fmt not in ("onnx", "tflite"):
+            raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
+        path = out / f"model.{fmt}"
+        export_onnx(model, info.input_shape, path, opset) if fmt == "onnx" else export_tflite(
+            model, info.input_shape, path
+        )
+        acc, logits = runtime_logits(path, data, data.test)
+        p = parity(logits, ref, str(model_path))
+        click.echo(
+            f"{path}: accuracy {acc:.4f}, top-1 agreement with PyTorch {p['top1_agreement']:.4f}, "
+            f"max |diff| {p['max_abs_diff']:.2e}"
+        )
+
+
+@main.command(epilog=_example("quantize"))
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--format", "formats", default="onnx,tflite", show_default=True)
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@data_option
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the int8 files.")
+def quantize(model_path, formats, calib_samples, data_spec, mean, std, out):
+    """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images."""
+    from edgecnn.export import export_onnx, quantize_onnx, quantize_tflite
+    from edgecnn.runtimes import runtime_logits
+    from edgecnn.train import accuracy, predict
+
+    model, info, data = _export_common(model_path, data_spec, mean, std)
+    if calib_samples < 1:
+        raise UserError("--calib-samples: must be at least 1")
+    calib = data.normalize(data.train.x[:calib_samples])
+    ref_acc = accuracy(predict(model, data, data.test), data.test.y)
+    for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
+        if fmt == "onnx":
+            path = out / "model.int8.onnx"
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(model, info.input_shape, Path(tmp) / "fp32.onnx")
+                quantize_onnx(Path(tmp) / "fp32.onnx", path, calib.numpy())
+        elif fmt == "tflite":
+            path = out / "model.int8.tflite"
+            quantize_tflite(model, info.input_shape, calib, path)
+        else:
+            raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
+        acc, _ = runtime_logits(path, data, data.test)
+        click.echo(f"{path}: int8 accuracy {acc:.4f} (fp32 PyTorch {ref_acc:.4f})")
+
+
+@main.command(epilog=_example("bench"))
+@click.argument("model_path", type=click.Path(path_type=Path))
+@data_option
+@click.option("--device", default="local-cpu", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="0: all cores.")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json):
+    """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
+    from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
+
+    if device != "local-cpu":
+        raise UserError(f"--device {device!r}: bench runs on local-cpu; use `edgecnn deploy` for other devices")
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: model file not found")
+    suffix = model_path.suffix.lower()
+    if suffix not in (".pt", ".ts", ".onnx", ".tflite"):
+        raise UserError(f"{model_path}: unknown model format; give .pt, .onnx or .tflite")
+    info = None
+    with tempfile.TemporaryDirectory() as tmp:
+        target = model_path
+        if suffix in (".pt", ".ts"):
+            model, info = _load_any(model_path)
+            if info is not None:
+                target = Path(tmp) / "model.ts"
+                save_torchscript(model, info.input_shape, target)
+        _check_model_file(model_path)
+        data = _load_data(data_spec, mean, std, info)
+        npz = Path(tmp) / "eval.npz"
+        write_eval_npz(data, data.test, npz)
+        result = run_agent_local(target, npz, threads=threads, min_seconds=min_seconds)
+    result.update({"model": str(model_path), "size_bytes": model_path.stat().st_size, "device": device})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        lat = result["latency_ms"]
+        click.echo(
+            f"{model_path}: accuracy {result['accuracy']:.4f} on {result['eval_samples']} images, "
+            f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, peak {result['peak_memory_mb']:.0f} MB, "
+            f"{result['runtime']}, {result['threads']} thread(s)"
+        )
+
+
+def _check_model_file(path: Path) -> None:
+    """Check an ONNX or TFLite file's structure before a runtime parses it."""
+    from edgecnn.validate import check_model_file
+
+    check_model_file(path)
+
+
+@main.command(epilog=_example("deploy"))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--device", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def deploy(target, device, as_json):
+    """Copy deployable models and the agent to a device, benchmark there, merge results into the report."""
+    raise UserError("deploy comes in a later version of edgecnn; benchmark locally with `edgecnn bench`")
+
+
+@main.command(epilog=_example("compare"))
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+@click.option("--max-latency-ms", type=float)
+@click.option("--max-size-kb", type=float)
+@click.option("--device")
+def compare(runs, out, max_latency_ms, max_size_kb, device):
+    """Size / accuracy / latency table and Pareto front across runs; the best model under budgets."""
+    raise UserError("compare comes in a later version of edgecnn; read each run's report.md")
+
+
+@main.command(epilog=_example("devices"))
+def devices():
+    """List device profiles and whether each is reachable."""
+    click.echo("local-cpu\treachable")
+    click.echo("(local-gpu, rpi-emu, device profiles and ssh:// targets come in a later version)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

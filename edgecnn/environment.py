@@ -1,0 +1,50 @@
+"""What a run ran on: versions and CPU, recorded in every report and stage manifest."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict:
+    """Versions of Python, torch and the runtimes, and the CPU."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "edgecnn": _version("edgecnn"),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "torch_pruning": _version("torch-pruning"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "litert_torch": _version("litert-torch"),
+        "ai_edge_litert": _version("ai-edge-litert"),
+        "numpy": _version("numpy"),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

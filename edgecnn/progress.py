@@ -1,0 +1,45 @@
+"""Progress bars (rich) that stay quiet when output is not a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task: int | None):
+        self._progress, self._task = progress, task
+
+    def advance(self, status: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, status=status)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, unit: str = "") -> Iterator[_Bar]:
+    """A rich progress bar on stderr (transient; nothing when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        yield _Bar(None, None)
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    ) as p:
+        yield _Bar(p, p.add_task(label, total=total, status=""))
+
+
+def log(message: str) -> None:
+    """One status line on stderr."""
+    console.print(message, highlight=False)

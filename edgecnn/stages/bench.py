@@ -1,0 +1,117 @@
+"""Bench: accuracy, latency and memory of every model of the run, measured by the agent.
+
+PyTorch models are traced to TorchScript for the agent; ONNX and TFLite files run in their own
+runtimes. Each model runs in its own process, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.errors import UserError
+from edgecnn.pipeline import Context, Stage
+from edgecnn.recipe import Recipe, recipe_dict
+from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
+from edgecnn.stages.common import eval_split, load_stage_model
+from edgecnn.stages.naming import model_name
+
+LOCAL_DEVICES = ("local-cpu",)
+
+
+def candidates(ctx: Context) -> list[dict]:
+    """Every model the run produced: PyTorch models of each stage, then exports and int8 files."""
+    out = []
+    for stage in ("teacher", "distill", "prune"):
+        r = ctx.results.get(stage)
+        if not r:
+            continue
+        deployed = Path(r["torchscript"]) if r.get("torchscript") else ctx.stage_dir(stage) / r["model_file"]
+        out.append(
+            {
+                "name": model_name(ctx, stage),
+                "format": "pytorch",
+                "precision": "fp32",
+                "stage": stage,
+                "file": deployed,
+                "params": r.get("params"),
+                "macs": r.get("macs"),
+                "parity": None,
+            }
+        )
+    for stage, precision in (("export", "fp32"), ("quantize", "int8")):
+        r = ctx.results.get(stage)
+        if not r:
+            continue
+        src = ctx.results[r["source"]]
+        for fmt, f in r["files"].items():
+            out.append(
+                {
+                    "name": model_name(ctx, r["source"]),
+                    "format": fmt,
+                    "precision": precision,
+                    "stage": stage,
+                    "file": ctx.stage_dir(stage) / f["file"],
+                    "params": src.get("params"),
+                    "macs": src.get("macs"),
+                    "parity": f["parity"],
+                }
+            )
+    return out
+
+
+class BenchStage(Stage):
+    name = "bench"
+    reads = ("teacher", "distill", "prune", "export", "quantize")
+
+    def config(self, recipe: Recipe) -> dict:
+        return {"bench": recipe_dict(recipe)["bench"], "eval_samples": recipe.data.eval_samples}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        cfg = ctx.recipe.bench
+        if cfg.device not in LOCAL_DEVICES:
+            raise UserError(
+                f"bench.device: {cfg.device!r} is not a local device; use local-cpu, "
+                "and `edgecnn deploy RUN --device NAME` for other devices"
+            )
+        npz = out / "eval.npz"
+        write_eval_npz(ctx.data, eval_split(ctx), npz)
+        models = []
+        for c in candidates(ctx):
+            target = c["file"]
+            if c["format"] == "pytorch":
+                model, _ = load_stage_model(ctx, c["stage"])
+                target = out / f"{c['stage']}.ts"
+                save_torchscript(model, ctx.data.input_shape, target)
+            m = run_agent_local(
+                target,
+                npz,
+                threads=cfg.threads,
+                warmup=cfg.warmup,
+                min_iters=cfg.min_iters,
+                min_seconds=cfg.min_seconds,
+            )
+            models.append(
+                {
+                    "name": c["name"],
+                    "format": c["format"],
+                    "precision": c["precision"],
+                    "path": str(c["file"].relative_to(ctx.run_dir))
+                    if c["file"].is_relative_to(ctx.run_dir)
+                    else str(c["file"]),
+                    "size_bytes": c["file"].stat().st_size,
+                    "params": c["params"],
+                    "macs": c["macs"],
+                    "accuracy": m["accuracy"],
+                    "eval_samples": m["eval_samples"],
+                    "latency_ms": m["latency_ms"],
+                    "peak_memory_mb": m["peak_memory_mb"],
+                    "load_ms": m["load_ms"],
+                    "runtime": m["runtime"],
+                    "device": cfg.device,
+                    "threads": m["threads"],
+                    "batch_size": m["batch_size"],
+                    "parity": c["parity"],
+                    "emulated": False,
+                }
+            )
+        return {"models": models}
