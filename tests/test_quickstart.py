@@ -1,0 +1,78 @@
+"""The quickstart end to end: what issue 2's acceptance checks ask of report.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecnn.runtimes import runtime_logits
+
+CONTRACT_FIELDS = {"name", "format", "precision", "path", "size_bytes", "params", "macs", "accuracy", "eval_samples",
+                   "latency_ms", "peak_memory_mb", "runtime", "device", "threads", "parity"}
+
+
+def _model(report: dict, name: str, fmt: str, precision: str) -> dict:
+    hits = [m for m in report["models"] if (m["name"], m["format"], m["precision"]) == (name, fmt, precision)]
+    assert hits, f"no {name} {fmt} {precision} in report"
+    return hits[0]
+
+
+def test_report_lists_every_model_with_measurements(quickstart_report):
+    r = quickstart_report
+    assert {"recipe", "environment", "models"} <= set(r)
+    assert r["environment"]["torch"] and r["environment"]["onnxruntime"] and r["environment"]["cpu"]
+    wanted = [("teacher", "pytorch", "fp32"), ("student", "pytorch", "fp32"), ("student-pruned", "pytorch", "fp32"),
+              ("student-pruned", "onnx", "fp32"), ("student-pruned", "onnx", "int8"),
+              ("student-pruned", "tflite", "fp32"), ("student-pruned", "tflite", "int8")]
+    for key in wanted:
+        m = _model(r, *key)
+        assert CONTRACT_FIELDS <= set(m)
+        assert 0.5 < m["accuracy"] <= 1.0
+        assert m["eval_samples"] == 1000
+        lat = m["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert m["size_bytes"] > 0 and m["peak_memory_mb"] > 0
+        assert m["runtime"].split()[0] in ("torch", "onnxruntime", "litert", "tflite-runtime")
+
+
+def test_int8_tflite_is_small_and_accurate(quickstart_report):
+    teacher = _model(quickstart_report, "teacher", "pytorch", "fp32")
+    int8 = _model(quickstart_report, "student-pruned", "tflite", "int8")
+    weights_bytes = teacher["params"] * 4
+    assert int8["size_bytes"] <= weights_bytes / 8
+    assert int8["accuracy"] >= teacher["accuracy"] - 0.02
+
+
+def test_exports_agree_with_pytorch(quickstart_report):
+    r = quickstart_report
+    pruned = _model(r, "student-pruned", "pytorch", "fp32")
+    for fmt in ("onnx", "tflite"):
+        fp32 = _model(r, "student-pruned", fmt, "fp32")
+        assert fp32["parity"]["reference"] == "student-pruned/pytorch"
+        assert fp32["parity"]["top1_agreement"] >= 0.99
+        int8 = _model(r, "student-pruned", fmt, "int8")
+        assert int8["accuracy"] >= pruned["accuracy"] - 0.01
+
+
+def test_run_directory_layout(quickstart_run):
+    for f in ("report.json", "report.md", "pareto.png"):
+        assert (quickstart_run / f).is_file()
+    for stage in ("teacher", "distill", "prune", "export", "quantize", "bench"):
+        manifest = json.loads((quickstart_run / stage / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["outputs"]
+    assert not list(quickstart_run.glob(".*.tmp-*"))
+    assert "| student-pruned | tflite | int8 |" in (quickstart_run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("rel", ["export/model.onnx", "quantize/model.int8.tflite"])
+def test_reported_accuracy_reproduces_in_the_runtime(quickstart_run, quickstart_report, rel):
+    """The number in the report is what the runtime gives when asked again."""
+    from edgecnn.data import load_data
+
+    data = load_data("mnist5k")
+    acc, logits = runtime_logits(quickstart_run / rel, data, data.test)
+    reported = [m for m in quickstart_report["models"] if m["path"] == rel][0]
+    assert acc == pytest.approx(reported["accuracy"], abs=1e-9)
+    assert np.isfinite(logits).all()
