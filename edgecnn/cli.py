@@ -88,7 +88,10 @@ def _print_table(models: list[dict]) -> None:
     table = Table(*HEADER, title="edgecnn models")
     for row in model_rows(models):
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
 
 
 @main.command(epilog=_example("compress"))
