@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgecnn.errors import UserError
 from edgecnn.pipeline import Context, Stage
+from edgecnn.progress import progress_bar
 from edgecnn.recipe import Recipe, recipe_dict
 from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
 from edgecnn.stages.common import eval_split, load_stage_model
@@ -76,42 +77,48 @@ class BenchStage(Stage):
         npz = out / "eval.npz"
         write_eval_npz(ctx.data, eval_split(ctx), npz)
         models = []
-        for c in candidates(ctx):
-            target = c["file"]
-            if c["format"] == "pytorch":
-                model, _ = load_stage_model(ctx, c["stage"])
-                target = out / f"{c['stage']}.ts"
-                save_torchscript(model, ctx.data.input_shape, target)
-            m = run_agent_local(
-                target,
-                npz,
-                threads=cfg.threads,
-                warmup=cfg.warmup,
-                min_iters=cfg.min_iters,
-                min_seconds=cfg.min_seconds,
-            )
-            models.append(
-                {
-                    "name": c["name"],
-                    "format": c["format"],
-                    "precision": c["precision"],
-                    "path": str(c["file"].relative_to(ctx.run_dir))
-                    if c["file"].is_relative_to(ctx.run_dir)
-                    else str(c["file"]),
-                    "size_bytes": c["file"].stat().st_size,
-                    "params": c["params"],
-                    "macs": c["macs"],
-                    "accuracy": m["accuracy"],
-                    "eval_samples": m["eval_samples"],
-                    "latency_ms": m["latency_ms"],
-                    "peak_memory_mb": m["peak_memory_mb"],
-                    "load_ms": m["load_ms"],
-                    "runtime": m["runtime"],
-                    "device": cfg.device,
-                    "threads": m["threads"],
-                    "batch_size": m["batch_size"],
-                    "parity": c["parity"],
-                    "emulated": False,
-                }
-            )
+        todo = candidates(ctx)
+        with progress_bar("bench", total=len(todo), unit="models") as bar:
+            for c in todo:
+                models.append(self._measure(ctx, c, npz, out))
+                bar.advance(f"{c['name']} {c['format']} {c['precision']}")
         return {"models": models}
+
+    def _measure(self, ctx: Context, c: dict, npz: Path, out: Path) -> dict:
+        """Benchmark one candidate with the agent in its own process; a report.json model entry."""
+        cfg = ctx.recipe.bench
+        target = c["file"]
+        if c["format"] == "pytorch":
+            model, _ = load_stage_model(ctx, c["stage"])
+            target = out / f"{c['stage']}.ts"
+            save_torchscript(model, ctx.data.input_shape, target)
+        m = run_agent_local(
+            target,
+            npz,
+            threads=cfg.threads,
+            warmup=cfg.warmup,
+            min_iters=cfg.min_iters,
+            min_seconds=cfg.min_seconds,
+        )
+        return {
+            "name": c["name"],
+            "format": c["format"],
+            "precision": c["precision"],
+            "path": str(c["file"].relative_to(ctx.run_dir))
+            if c["file"].is_relative_to(ctx.run_dir)
+            else str(c["file"]),
+            "size_bytes": c["file"].stat().st_size,
+            "params": c["params"],
+            "macs": c["macs"],
+            "accuracy": m["accuracy"],
+            "eval_samples": m["eval_samples"],
+            "latency_ms": m["latency_ms"],
+            "peak_memory_mb": m["peak_memory_mb"],
+            "load_ms": m["load_ms"],
+            "runtime": m["runtime"],
+            "device": cfg.device,
+            "threads": m["threads"],
+            "batch_size": m["batch_size"],
+            "parity": c["parity"],
+            "emulated": False,
+        }
