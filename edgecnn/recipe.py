@@ -72,8 +72,8 @@ class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=0, le=10_000)
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss")
-    feature_loss: Literal["none", "attention"] = "none"
-    feature_weight: float = Field(0.0, ge=0)
+    feature_loss: Literal["none", "attention", "hints"] = "none"
+    feature_weight: float | None = Field(None, ge=0, description="None: the loss's usual weight (1000 / 1)")
 
 
 class PruneConfig(TrainConfig):

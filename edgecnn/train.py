@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.data import Dataset, Split, batches
+from edgecnn.errors import UserError
 from edgecnn.progress import progress_bar
 from edgecnn.recipe import DistillConfig, TrainConfig
 
@@ -53,14 +54,24 @@ def pick_device() -> torch.device:
 
 
 class FeatureTap:
-    """Collects the output of the last conv layer at each spatial resolution (for attention transfer)."""
+    """Collects, per spatial resolution, the last 4-D output a sub-module produced in a forward pass.
+
+    In a CIFAR ResNet these are the outputs of the three stages (32, 16 and 8 pixels): the
+    feature maps attention transfer and FitNets hints compare between student and teacher.
+    """
 
     def __init__(self, model: nn.Module):
+        if isinstance(model, torch.jit.ScriptModule):
+            raise UserError(
+                "distill.feature_loss needs the teacher as Python code (file.py:Class or torchvision:NAME "
+                "with weights); a TorchScript teacher has no feature hooks; set distill.feature_loss: none"
+            )
         self.outputs: dict[int, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        self.handles = [m.register_forward_hook(self._hook) for name, m in model.named_modules() if name]
 
     def _hook(self, _m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        self.outputs[out.shape[-1]] = out  # later convs at a resolution overwrite earlier ones
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            self.outputs[out.shape[-1]] = out  # later modules at a resolution overwrite earlier ones
 
     def close(self) -> None:
         for h in self.handles:
@@ -70,6 +81,30 @@ class FeatureTap:
 def attention_map(f: torch.Tensor) -> torch.Tensor:
     """Zagoruyko & Komodakis (2017) spatial attention: normalised mean of squared activations."""
     return F.normalize(f.float().pow(2).mean(1).flatten(1))
+
+
+def attention_loss(s_feats: dict[int, torch.Tensor], t_feats: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Attention transfer: squared distance of attention maps, summed over the shared resolutions."""
+    common = sorted(set(s_feats) & set(t_feats))
+    return sum((attention_map(s_feats[r]) - attention_map(t_feats[r])).pow(2).mean() for r in common)
+
+
+class HintRegressors(nn.Module):
+    """FitNets (Romero et al. 2015): a 1x1 conv per shared resolution mapping student to teacher channels."""
+
+    def __init__(self, s_feats: dict[int, torch.Tensor], t_feats: dict[int, torch.Tensor]):
+        super().__init__()
+        self.keys = sorted(set(s_feats) & set(t_feats))
+        self.convs = nn.ModuleDict(
+            {str(r): nn.Conv2d(s_feats[r].shape[1], t_feats[r].shape[1], 1, bias=False) for r in self.keys}
+        )
+
+    def forward(self, s_feats: dict[int, torch.Tensor], t_feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Mean squared error between regressed student features and teacher features."""
+        return sum(F.mse_loss(self.convs[str(r)](s_feats[r]).float(), t_feats[r].float()) for r in self.keys)
+
+
+FEATURE_WEIGHTS = {"attention": 1000.0, "hints": 1.0}  # the usual weights (AT paper's beta; FitNets' MSE)
 
 
 def kd_loss(
@@ -97,6 +132,74 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun job (and always without one): the process that writes files."""
+    return _world()[0] == 0
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPUs); True if joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def _channels_last(model: nn.Module) -> None:
+    try:
+        model.to(memory_format=torch.channels_last)
+    except (RuntimeError, TypeError):
+        pass  # some TorchScript modules cannot change their weights' layout; they still run
+
+
+class _Distiller:
+    """The distillation loss of one batch: Hinton's soft targets plus an optional feature loss."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, kd: DistillConfig, probe: torch.Tensor):
+        self.teacher, self.kd = teacher, kd
+        self.kind = kd.feature_loss
+        self.weight = kd.feature_weight if kd.feature_weight is not None else FEATURE_WEIGHTS.get(self.kind, 0.0)
+        self.s_tap = self.t_tap = self.hints = None
+        if self.kind != "none" and self.weight > 0:
+            self.s_tap, self.t_tap = FeatureTap(student), FeatureTap(teacher)
+            with torch.no_grad():
+                was = student.training
+                student.eval()
+                student(probe)
+                teacher(probe)
+                student.train(was)
+            if not set(self.s_tap.outputs) & set(self.t_tap.outputs):
+                self.close()
+                raise UserError(
+                    f"distill.feature_loss {self.kind}: student and teacher share no feature-map resolution "
+                    f"(student {sorted(self.s_tap.outputs)}, teacher {sorted(self.t_tap.outputs)}); use none"
+                )
+            if self.kind == "hints":
+                self.hints = HintRegressors(self.s_tap.outputs, self.t_tap.outputs).to(probe.device)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.hints.parameters()) if self.hints is not None else []
+
+    def loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_out = self.teacher(x)
+        loss = kd_loss(out, t_out, y, self.kd.temperature, self.kd.alpha)
+        if self.s_tap is not None:
+            s_f, t_f = self.s_tap.outputs, self.t_tap.outputs
+            feat = self.hints(s_f, t_f) if self.hints is not None else attention_loss(s_f, t_f)
+            loss = loss + self.weight * feat
+        return loss
+
+    def close(self) -> None:
+        for tap in (self.s_tap, self.t_tap):
+            if tap is not None:
+                tap.close()
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -109,38 +212,45 @@ def fit(
     label: str = "train",
     on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
-    """Train `model` in place on data.train; distil from `teacher` with the loss settings of `kd`."""
+    """Train `model` in place on data.train; distil from `teacher` with the loss settings of `kd`.
+
+    Under torchrun each process trains on its own shard of every epoch and DDP averages the
+    gradients, so every rank ends with the same weights.
+    """
     import time
 
     device = pick_device()
     rank, world = _world()
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        _channels_last(model)
     if teacher is not None:
         teacher.to(device).eval()
+        if cfg.channels_last:
+            _channels_last(teacher)
     history: list[dict] = []
     ctx, precision = autocast_for(cfg.precision, device)
     if cfg.epochs == 0 or len(data.train) == 0:
         return FitResult(0, precision, 0.0, history)
+    torch.manual_seed(seed)
+    distiller = None
+    if kd is not None and teacher is not None:
+        distiller = _Distiller(model, teacher, kd, data.normalize(data.train.x[:2]).to(device))
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + (distiller.parameters() if distiller else [])
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     per_rank = len(data.train) // world
-    steps = max(1, per_rank // cfg.batch_size)
+    steps = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.25)
     g = torch.Generator().manual_seed(seed)
-    distill = kd is not None and teacher is not None
-    use_at = distill and kd.feature_loss == "attention" and kd.feature_weight > 0
-    s_tap = FeatureTap(model) if use_at else None
-    t_tap = FeatureTap(teacher) if use_at else None
     images, seconds = 0, 0.0
     try:
         with progress_bar(f"{label}", total=cfg.epochs, unit="epoch") as bar:
@@ -159,23 +269,15 @@ def fit(
                     y = yb.to(device)
                     with ctx:
                         out = train_model(x)
-                        if distill:
-                            with torch.no_grad():
-                                t_out = teacher(x)
-                            loss = kd_loss(out, t_out, y, kd.temperature, kd.alpha)
-                            if use_at:
-                                common = sorted(set(s_tap.outputs) & set(t_tap.outputs))
-                                at = sum(
-                                    (attention_map(s_tap.outputs[r]) - attention_map(t_tap.outputs[r])).pow(2).mean()
-                                    for r in common
-                                )
-                                loss = loss + kd.feature_weight * at
-                        else:
-                            loss = F.cross_entropy(out.float(), y)
+                        loss = distiller.loss(out, x, y) if distiller else F.cross_entropy(out.float(), y)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
+                    scaler.scale(loss).backward()
+                    if world > 1 and distiller is not None:
+                        _average_grads(distiller.parameters(), world)
+                    scaler.step(opt)
+                    scaler.update()
+                    if n_batches < steps:
+                        sched.step()
                     loss_sum += float(loss.detach())
                     n_batches += 1
                     images += len(yb)
@@ -186,13 +288,20 @@ def fit(
                     on_epoch(epoch, model)
                 bar.advance(f"loss {loss_sum / max(1, n_batches):.3f}")
     finally:
-        for tap in (s_tap, t_tap):
-            if tap is not None:
-                tap.close()
+        if distiller is not None:
+            distiller.close()
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     if teacher is not None:
         teacher.to("cpu")
     return FitResult(cfg.epochs, precision, images * world / seconds if seconds else 0.0, history)
+
+
+def _average_grads(params: list[nn.Parameter], world: int) -> None:
+    """All-reduce the gradients of parameters DDP does not own (the FitNets regressors)."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
 
 
 @torch.no_grad()
