@@ -246,8 +246,50 @@ def run(
     }
 
 
+RUNTIME_MODULES = {
+    "onnxruntime": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    "litert": ("ai_edge_litert", ("ai-edge-litert",)),
+    "tflite-runtime": ("tflite_runtime", ("tflite-runtime",)),
+    "torch": ("torch", ("torch",)),
+}
+
+
+def list_runtimes() -> dict:
+    """The runtimes installed here (found without importing them) and this interpreter's platform."""
+    import importlib.util
+    from importlib import metadata
+
+    found = {}
+    for name, (module, dists) in RUNTIME_MODULES.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        version = "?"
+        for dist in dists:
+            try:
+                version = metadata.version(dist)
+                found[name if dist != "onnxruntime-gpu" else "onnxruntime-cuda"] = version
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        else:
+            found[name] = version
+    return {
+        "agent_version": AGENT_VERSION,
+        "runtimes": found,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--list-runtimes" in argv:
+        print(json.dumps(list_runtimes()))
+        return 0
+    ap.add_argument("--list-runtimes", action="store_true", help="Print the installed runtimes as JSON and exit.")
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--threads", type=int, default=1)
