@@ -156,13 +156,13 @@ def _load_data(spec: str, mean: str | None, std: str | None, info=None):
     return load_data(spec, 0.1, m, s)
 
 
-def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None):
+def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None, **extra):
     from pydantic import ValidationError
 
     from edgecnn.recipe import TrainConfig
 
     cls = cls or TrainConfig
-    values = {"epochs": epochs, "batch_size": batch_size, **({"lr": lr} if lr else {})}
+    values = {"epochs": epochs, "batch_size": batch_size, **({"lr": lr} if lr else {}), **extra}
     try:
         return cls(**values)
     except ValidationError as e:
@@ -196,51 +196,102 @@ def _augment(data) -> bool:
     return c == 3 and h == w == 32
 
 
+def _kwargs(text: str | None, name: str) -> dict:
+    """A YAML/JSON mapping given on the command line (constructor arguments)."""
+    import yaml
+
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f"--{name} {text!r}: expected a mapping, e.g. '{{depth: 56, width: 16}}'")
+    return value
+
+
+def _finish(model, info, data, out: Path, res) -> None:
+    """Save and report on rank 0 only; under torchrun every rank says how much it trained."""
+    from edgecnn.models import save_model
+    from edgecnn.train import _world, accuracy, predict
+
+    rank, world = _world()
+    if world > 1:
+        click.echo(f"rank {rank}/{world}: trained on {res.history[-1]['images']} images per epoch", err=True)
+    if rank == 0:
+        save_model(model, info, out)
+        click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
+
+
 @main.command(epilog=_example("train"))
 @click.option(
     "--model", "spec", default="lenet", show_default=True, help="Zoo name, torchvision:NAME or file.py:Class."
 )
+@click.option("--kwargs", "kwargs_text", help="Constructor arguments as a YAML mapping, e.g. '{depth: 20}'.")
 @data_option
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write.")
-def train(spec, data_spec, mean, std, epochs, lr, batch_size, seed, out):
-    """Train a model on labels alone and save it as an edgecnn model file."""
-    from edgecnn.models import ModelInfo, build_model, save_model
-    from edgecnn.train import accuracy, fit, predict
+def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed, out):
+    """Train a model on labels alone and save it as an edgecnn model file (multi-process under torchrun)."""
+    from edgecnn.models import build_model
+    from edgecnn.stages.teacher import data_model_info
+    from edgecnn.train import fit, init_distributed
 
     cfg = _train_cfg(epochs, lr, batch_size)
     data = _load_data(data_spec, mean, std)
-    info = ModelInfo(spec, {}, data.num_classes, data.input_shape, data.mean, data.std)
+    info = data_model_info(data, spec, _kwargs(kwargs_text, "kwargs"))
     model = build_model(info)
-    fit(model, data, cfg, seed=seed, augment=_augment(data), label="train")
-    save_model(model, info, out)
-    click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
+    init_distributed()
+    res = fit(model, data, cfg, seed=seed, augment=_augment(data), label="train")
+    _finish(model, info, data, out, res)
 
 
 @main.command(epilog=_example("distill"))
-@click.option("--teacher", type=click.Path(path_type=Path), required=True, help="edgecnn model file or TorchScript.")
+@click.option(
+    "--teacher",
+    "teacher_spec",
+    required=True,
+    help="TorchScript or edgecnn model file, or file.py:Class / torchvision:NAME with --teacher-weights.",
+)
+@click.option("--teacher-kwargs", help="The teacher class's constructor arguments as a YAML mapping.")
+@click.option("--teacher-weights", type=click.Path(path_type=Path), help="The teacher's state_dict file.")
 @click.option("--student", "spec", default="lenet_small", show_default=True)
+@click.option("--student-kwargs", help="The student's constructor arguments as a YAML mapping, e.g. '{width: 16}'.")
 @click.option("--temperature", type=float, default=4.0, show_default=True)
 @click.option("--alpha", type=float, default=0.7, show_default=True)
+@click.option("--feature-loss", type=click.Choice(["none", "attention", "hints"]), default="none", show_default=True)
+@click.option("--feature-weight", type=float, help="Weight of the feature loss (default: attention 1000, hints 1).")
 @data_option
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def distill(teacher, spec, temperature, alpha, data_spec, mean, std, epochs, lr, batch_size, seed, out):
-    """Distil a teacher into a smaller student (Hinton soft targets + labels)."""
-    from edgecnn.models import ModelInfo, build_model, save_model
+def distill(
+    teacher_spec, teacher_kwargs, teacher_weights, spec, student_kwargs, temperature, alpha, feature_loss,
+    feature_weight, data_spec, mean, std, epochs, lr, batch_size, seed, out,
+):
+    """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
+    from edgecnn.models import build_model
     from edgecnn.recipe import DistillConfig
-    from edgecnn.train import accuracy, fit, predict
+    from edgecnn.stages.teacher import data_model_info, is_model_file, load_user_model
+    from edgecnn.train import fit, init_distributed
 
-    t_model, t_info = _load_any(teacher)
+    t_info = None
+    if is_model_file(teacher_spec) and Path(teacher_spec).is_file():
+        t_model, t_info = load_user_model(teacher_spec, {}, teacher_weights and str(teacher_weights), None)
     data = _load_data(data_spec, mean, std, t_info)
-    kd = _train_cfg(epochs, lr, batch_size, DistillConfig).model_copy(
-        update={"temperature": temperature, "alpha": alpha}
+    if t_info is None:
+        t_model, _ = load_user_model(
+            teacher_spec, _kwargs(teacher_kwargs, "teacher-kwargs"), teacher_weights and str(teacher_weights), data
+        )
+    kd = _train_cfg(
+        epochs, lr, batch_size, DistillConfig, temperature=temperature, alpha=alpha, feature_loss=feature_loss,
+        feature_weight=feature_weight,
     )
-    info = ModelInfo(spec, {}, data.num_classes, data.input_shape, data.mean, data.std)
+    info = data_model_info(data, spec, _kwargs(student_kwargs, "student-kwargs"))
     student = build_model(info)
-    fit(student, data, kd, seed=seed, augment=_augment(data), teacher=t_model, kd=kd, label="distill")
-    save_model(student, info, out)
-    click.echo(f"{out}: test accuracy {accuracy(predict(student, data, data.test), data.test.y):.4f}")
+    init_distributed()
+    res = fit(student, data, kd, seed=seed, augment=_augment(data), teacher=t_model, kd=kd, label="distill")
+    _finish(student, info, data, out, res)
 
 
 @main.command(epilog=_example("prune"))
@@ -424,11 +475,37 @@ def _check_model_file(path: Path) -> None:
 
 @main.command(epilog=_example("deploy"))
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--device", required=True)
-@click.option("--json", "as_json", is_flag=True)
-def deploy(target, device, as_json):
+@click.option("--device", required=True, help="local-cpu, local-gpu, rpi-emu, a devices/*.yaml name or ssh://[user@]host[:port].")
+@click.option("--json", "as_json", is_flag=True, help="Print the device's model entries as JSON.")
+@click.option("--keep", is_flag=True, help="Leave the work directory on the device.")
+@click.option("--threads", type=int, help="Threads for the runtime (default: the device profile's).")
+@click.option("--min-seconds", type=float, help="Latency measuring time per model (default: the run's).")
+@data_option
+def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean, std):
     """Copy deployable models and the agent to a device, benchmark there, merge results into the report."""
-    raise UserError("deploy comes in a later version of edgecnn; benchmark locally with `edgecnn bench`")
+    from edgecnn.deploy import deploy as deploy_to
+
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = None
+        if target.is_file():
+            npz = _eval_npz(data_spec, mean, std, Path(tmp))
+        entries = deploy_to(target, device, npz=npz, threads=threads, min_seconds=min_seconds, keep=keep,
+                            log=None if as_json else lambda msg: click.echo(msg, err=True))
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        _print_table(entries)
+        if target.is_dir():
+            click.echo(f"report: {target / 'report.md'}")
+
+
+def _eval_npz(data_spec: str, mean: str | None, std: str | None, folder: Path) -> Path:
+    """The evaluation batch of a data spec, written for the agent."""
+    from edgecnn.runtimes import write_eval_npz
+
+    data = _load_data(data_spec, mean, std)
+    write_eval_npz(data, data.test, folder / "eval.npz")
+    return folder / "eval.npz"
 
 
 @main.command(epilog=_example("compare"))
@@ -443,10 +520,27 @@ def compare(runs, out, max_latency_ms, max_size_kb, device):
 
 
 @main.command(epilog=_example("devices"))
-def devices():
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles and their reachability as JSON.")
+def devices(as_json):
     """List device profiles and whether each is reachable."""
-    click.echo("local-cpu\treachable")
-    click.echo("(local-gpu, rpi-emu, device profiles and ssh:// targets come in a later version)")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgecnn.devices import list_profiles, reachability
+
+    profiles = list_profiles()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(reachability, profiles))
+    rows = [
+        {"name": p.name, "transport": p.transport, "target": p.target(), "runtimes": p.runtimes,
+         "reachable": r is None, "reason": r, "profile": p.source, "description": p.description}
+        for p, r in zip(profiles, reasons, strict=True)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = "reachable" if r["reachable"] else f"unreachable: {r['reason']}"
+        click.echo(f"{r['name']:<12} {r['transport']:<9} {state}")
 
 
 if __name__ == "__main__":  # pragma: no cover

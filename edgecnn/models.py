@@ -194,8 +194,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 def load_torchscript(path: Path) -> nn.Module:
     """Load a TorchScript file (code the user named explicitly)."""
+    import warnings
+
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ deprecates TorchScript; users still have it
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
         raise UserError(f"{path}: not a loadable TorchScript file ({e.__class__.__name__})") from None
 

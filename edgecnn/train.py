@@ -256,7 +256,7 @@ def fit(
         with progress_bar(f"{label}", total=cfg.epochs, unit="epoch") as bar:
             for epoch in range(cfg.epochs):
                 train_model.train()
-                t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+                t0, loss_sum, n_batches, n_images = time.perf_counter(), 0.0, 0, 0
                 g.manual_seed(seed * 1000 + epoch)
                 order = torch.randperm(len(data.train), generator=g)[rank * per_rank : (rank + 1) * per_rank]
                 shard = Split(data.train.x[order], data.train.y[order])
@@ -280,13 +280,15 @@ def fit(
                         sched.step()
                     loss_sum += float(loss.detach())
                     n_batches += 1
-                    images += len(yb)
+                    n_images += len(yb)
                 dt = time.perf_counter() - t0
                 seconds += dt
-                history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, n_batches), "epoch_s": round(dt, 3)})
+                images += n_images
+                loss_avg = loss_sum / max(1, n_batches)
+                history.append({"epoch": epoch + 1, "loss": loss_avg, "epoch_s": round(dt, 3), "images": n_images})
                 if on_epoch is not None:
                     on_epoch(epoch, model)
-                bar.advance(f"loss {loss_sum / max(1, n_batches):.3f}")
+                bar.advance(f"loss {loss_avg:.3f}")
     finally:
         if distiller is not None:
             distiller.close()

@@ -32,3 +32,124 @@ def quickstart_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quickstart_report(quickstart_run) -> dict:
     return json.loads((quickstart_run / "report.json").read_text())
+
+
+SHARED_MODELS = SHARED / "models"
+CIFAR_ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
+
+
+def needs_shared(*paths: Path) -> None:
+    """Skip the calling test when ../shared (the user's models and data) is not on this machine."""
+    for p in paths:
+        if not p.exists():
+            pytest.skip(f"{p} is absent: this test needs the shared models/data folder next to the repository")
+
+
+@pytest.fixture(scope="session")
+def cifar_small(tmp_path_factory) -> Path:
+    """A real CIFAR-10 image folder: the first 40 train and 30 test JPEGs per class of the shared archive."""
+    import tarfile
+
+    needs_shared(CIFAR_ARCHIVE)
+    root = tmp_path_factory.mktemp("cifar_small")
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(CIFAR_ARCHIVE) as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 4:
+                continue
+            split, cls = parts[1], parts[2]
+            if counts.get((split, cls), 0) < (40 if split == "train" else 30):
+                counts[(split, cls)] = counts.get((split, cls), 0) + 1
+                tar.extract(m, root, filter="data")
+    return root / "cifar10"
+
+
+# ---- a real OpenSSH server on 127.0.0.1 (deploy tests) ---------------------------------------------
+
+
+class SSHServer:
+    """A throw-away sshd: its port, the client ssh_config that trusts it, and one that does not."""
+
+    def __init__(self, folder: Path, port: int):
+        import getpass
+
+        self.folder, self.port, self.host = folder, port, "127.0.0.1"
+        self.user = getpass.getuser()
+        self.config = folder / "ssh_config"  # trusts the server's host key
+        self.untrusting_config = folder / "ssh_config_unknown_host"  # empty known_hosts
+
+    def profile(self, name: str, folder: Path, **fields) -> Path:
+        """Write devices/<name>.yaml for this server into `folder` (the device's python: this one)."""
+        import yaml
+
+        folder.mkdir(parents=True, exist_ok=True)
+        workdir = folder / f"{name}-workdir"
+        workdir.mkdir(exist_ok=True)
+        profile = {"transport": "ssh", "host": self.host, "port": self.port, "user": self.user,
+                   "ssh_config": str(self.config), "python": sys.executable, "workdir": str(workdir),
+                   "runtimes": ["onnxruntime", "litert"], "connect_timeout": 3, **fields}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(profile))
+        return workdir
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (own host key, user key, config, authorized_keys); ~/.ssh is untouched."""
+    import shutil
+    import socket
+    import time
+
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).is_file() or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server openssh-client)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+    )
+    try:  # sshd's privilege-separation directory (as root)
+        Path("/run/sshd").mkdir(exist_ok=True)
+    except OSError:
+        pass
+    server = SSHServer(d, port)
+    host_key = " ".join((d / "host_key.pub").read_text().split()[:2])
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    (d / "known_hosts_empty").write_text("")
+    for cfg, known in ((server.config, "known_hosts"), (server.untrusting_config, "known_hosts_empty")):
+        cfg.write_text(
+            f"Host *\n  User {server.user}\n  IdentityFile {d / 'user_key'}\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {d / known}\n  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        )
+    log = open(d / "sshd.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    if proc.poll() is not None:
+        log.close()
+        pytest.skip(f"sshd did not start: {(d / 'sshd.log').read_text()[-300:]}")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()

@@ -41,5 +41,18 @@ def measure_torch(ctx: Context, model: nn.Module) -> dict:
     try:
         macs, params = count_macs_params(model, ctx.data.input_shape)
     except Exception:  # noqa: BLE001 - TorchScript modules cannot be traced by the counter
-        macs, params = None, sum(p.numel() for p in model.parameters())
+        macs, params = conv_linear_macs(model, ctx.data.input_shape), sum(p.numel() for p in model.parameters())
     return {"accuracy": acc, "eval_samples": len(split), "macs": macs, "params": params}
+
+
+def conv_linear_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """Conv and matmul MACs at batch 1, counted by torch's FlopCounterMode (works on TorchScript)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+        return int(counter.get_total_flops() // 2)
+    except Exception:  # noqa: BLE001 - a model the counter cannot run has no MAC count
+        return None
