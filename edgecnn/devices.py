@@ -356,7 +356,9 @@ class SSHTransport(Transport):
         self._with_retry(argv, timeout=600, check=True)
 
     def run(self, argv: list[str], cwd: str, timeout: float) -> subprocess.CompletedProcess:
-        return self._ssh(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd, *argv], timeout=timeout, check=False)
+        # `cd DIR && exec PROGRAM ARGS...` with a leading ~/ of PROGRAM expanded there (every word is quoted)
+        script = 'cd "$1" && p="$2" && shift 2 && case "$p" in "~/"*) p="$HOME/${p#??}";; esac && exec "$p" "$@"'
+        return self._ssh(["sh", "-c", script, "sh", cwd, *argv], timeout=timeout, check=False)
 
     def exists(self, remote_dir: str) -> bool:
         return self._ssh(["test", "-e", remote_dir], timeout=60, check=False).returncode == 0

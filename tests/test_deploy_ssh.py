@@ -1,0 +1,127 @@
+"""`edgecnn deploy` over a real OpenSSH server on 127.0.0.1 (the `sshd` fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, _free_port
+
+
+def deploy_cli(*args: str, devices: Path, ssh_config: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m edgecnn ARGS` with EDGECNN_DEVICES (and EDGECNN_SSH_CONFIG) set."""
+    env = {**os.environ, "EDGECNN_DEVICES": str(devices)}
+    if ssh_config:
+        env["EDGECNN_SSH_CONFIG"] = str(ssh_config)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecnn", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
+
+
+@pytest.fixture
+def run_copy(quickstart_run, tmp_path) -> Path:
+    """A private copy of the finished quickstart run (deploy rewrites its report)."""
+    return Path(shutil.copytree(quickstart_run, tmp_path / "run"))
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_deploy_over_ssh_matches_local_bench(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    workdir = sshd.profile("loopback", devices)
+    before = json.loads((run_copy / "report.json").read_text())["models"]
+
+    proc = deploy_cli("deploy", str(run_copy), "--device", "loopback", "--json", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries = json.loads(proc.stdout)
+
+    local = {(m["name"], m["format"], m["precision"]): m for m in before}
+    deployable = {k for k in local if k[1] in ("onnx", "tflite")}
+    assert {(e["name"], e["format"], e["precision"]) for e in entries} == deployable
+    for e in entries:
+        ref = local[(e["name"], e["format"], e["precision"])]
+        # the same files, the same agent, the same images, the same CPU: the same predictions
+        assert e["accuracy"] == ref["accuracy"]
+        assert e["eval_samples"] == ref["eval_samples"]
+        assert e["device"] == "loopback" and e["emulated"] is False
+        assert e["latency_ms"]["p50"] > 0 and e["latency_ms"]["iters"] >= 50
+        assert e["size_bytes"] == ref["size_bytes"]
+
+    report = json.loads((run_copy / "report.json").read_text())
+    assert report["models"][: len(before)] == before  # local entries kept as they were
+    assert len(report["models"]) == len(before) + len(entries)
+    assert report["deployments"]["loopback"]["transport"] == "ssh"
+    assert "| loopback |" in (run_copy / "report.md").read_text()
+    assert list(workdir.iterdir()) == []  # nothing left on the device
+
+    # deploying again replaces this device's entries instead of adding more
+    again = deploy_cli("deploy", str(run_copy), "--device", "loopback", "--json", devices=devices)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(json.loads((run_copy / "report.json").read_text())["models"]) == len(before) + len(entries)
+    assert list(workdir.iterdir()) == []
+
+
+def test_keep_leaves_the_work_directory(sshd, quickstart_run, tmp_path):
+    devices = tmp_path / "devices"
+    workdir = sshd.profile("loopback", devices)
+    model = quickstart_run / "quantize" / "model.int8.tflite"
+    proc = deploy_cli("deploy", str(model), "--device", "loopback", "--keep", "--json", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (entry,) = json.loads(proc.stdout)
+    assert entry["format"] == "tflite" and entry["precision"] == "int8" and 0.5 < entry["accuracy"] <= 1
+    (kept,) = list(workdir.iterdir())
+    assert sorted(p.name for p in kept.iterdir()) == ["agent.py", "eval.npz", "model.int8.tflite"]
+
+
+def test_unknown_host_key_is_one_error_line_with_the_keyscan_command(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    workdir = sshd.profile("stranger", devices, ssh_config=str(sshd.untrusting_config))
+    proc = deploy_cli("deploy", str(run_copy), "--device", "stranger", devices=devices)
+    line = _one_error_line(proc)
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> ~/.ssh/known_hosts" in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_ssh_url_with_unknown_host_key(sshd, run_copy, tmp_path):
+    url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    proc = deploy_cli("deploy", str(run_copy), "--device", url, devices=tmp_path, ssh_config=sshd.untrusting_config)
+    assert "ssh-keyscan" in _one_error_line(proc)
+
+
+def test_wrong_port_is_one_error_line(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    sshd.profile("closed", devices, port=_free_port())
+    line = _one_error_line(deploy_cli("deploy", str(run_copy), "--device", "closed", devices=devices))
+    assert "cannot connect" in line and "127.0.0.1" in line
+    assert json.loads((run_copy / "report.json").read_text())["models"]  # the report is intact
+
+
+def test_device_without_a_runtime_is_one_error_line(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    workdir = sshd.profile("bare", devices, runtimes=["tflite-runtime"])  # only litert/onnxruntime are here
+    line = _one_error_line(deploy_cli("deploy", str(run_copy), "--device", "bare", devices=devices))
+    assert "no runtime" in line and "tflite-runtime" in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_devices_lists_the_ssh_profile_as_reachable(sshd, tmp_path):
+    devices = tmp_path / "devices"
+    sshd.profile("loopback", devices)
+    sshd.profile("closed", devices, port=_free_port())
+    proc = deploy_cli("devices", "--json", devices=devices)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["loopback"]["reachable"] is True
+    assert rows["closed"]["reachable"] is False and "cannot connect" in rows["closed"]["reason"]
+    assert rows["local-cpu"]["reachable"] is True
