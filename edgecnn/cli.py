@@ -426,16 +426,19 @@ def quantize(model_path, formats, calib_samples, data_spec, mean, std, out):
 @main.command(epilog=_example("bench"))
 @click.argument("model_path", type=click.Path(path_type=Path))
 @data_option
-@click.option("--device", default="local-cpu", show_default=True)
+@click.option(
+    "--device", default="local-cpu", show_default=True, help="local-cpu, local-gpu, rpi-emu, a profile or ssh://..."
+)
 @click.option("--threads", type=int, default=1, show_default=True, help="0: all cores.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json):
     """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
+    from edgecnn.deploy import benchmark_on_device, model_job
+    from edgecnn.devices import get_profile
     from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
 
-    if device != "local-cpu":
-        raise UserError(f"--device {device!r}: bench runs on local-cpu; use `edgecnn deploy` for other devices")
+    profile = get_profile(device)  # an unknown device is an error before any work
     if not model_path.is_file():
         raise UserError(f"{model_path}: model file not found")
     suffix = model_path.suffix.lower()
@@ -453,7 +456,11 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
         data = _load_data(data_spec, mean, std, info)
         npz = Path(tmp) / "eval.npz"
         write_eval_npz(data, data.test, npz)
-        result = run_agent_local(target, npz, threads=threads, min_seconds=min_seconds)
+        if device == "local-cpu":
+            result = run_agent_local(target, npz, threads=threads, min_seconds=min_seconds)
+        else:  # the same agent, on the device through its transport
+            job = model_job(target)
+            result = benchmark_on_device(profile, [job], npz, threads=threads, min_seconds=min_seconds)[0][0]
     result.update({"model": str(model_path), "size_bytes": model_path.stat().st_size, "device": device})
     if as_json:
         click.echo(json.dumps(result, indent=2))

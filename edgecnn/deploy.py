@@ -157,6 +157,12 @@ def benchmark_on_device(
     log=None,
 ) -> tuple[list[dict], dict]:
     """Copy the jobs, the agent and the batch to a fresh work dir on the device, run them, clean up."""
+    for j in jobs:
+        if j.format not in profile.formats():
+            raise UserError(
+                f"{j.file}: device {profile.name} runs {' and '.join(profile.formats())} models, not {j.format}; "
+                "deploy the model's exported .onnx or .tflite file"
+            )
     transport = transport_for(profile)
     _check_ready(transport)
     python = transport.python_argv()

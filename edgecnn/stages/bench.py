@@ -16,7 +16,9 @@ from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
 from edgecnn.stages.common import eval_split, load_stage_model
 from edgecnn.stages.naming import model_name
 
-LOCAL_DEVICES = ("local-cpu",)
+LOCAL_DEVICES = ("local-cpu", "local-gpu")
+# local-gpu: TorchScript on PyTorch CUDA, ONNX on ONNX Runtime's CUDA provider; TFLite has no desktop GPU path
+GPU_RUNTIMES = {"pytorch": "torch-cuda", "onnx": "onnxruntime-cuda"}
 
 
 def candidates(ctx: Context) -> list[dict]:
@@ -74,10 +76,18 @@ class BenchStage(Stage):
                 f"bench.device: {cfg.device!r} is not a local device; use local-cpu, "
                 "and `edgecnn deploy RUN --device NAME` for other devices"
             )
+        if cfg.device == "local-gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(
+                    "bench.device: local-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+                    "use local-cpu"
+                )
         npz = out / "eval.npz"
         write_eval_npz(ctx.data, eval_split(ctx), npz)
         models = []
-        todo = candidates(ctx)
+        todo = [c for c in candidates(ctx) if cfg.device != "local-gpu" or c["format"] in GPU_RUNTIMES]
         with progress_bar("bench", total=len(todo), unit="models") as bar:
             for c in todo:
                 models.append(self._measure(ctx, c, npz, out))
@@ -96,6 +106,7 @@ class BenchStage(Stage):
             target,
             npz,
             threads=cfg.threads,
+            runtime=GPU_RUNTIMES[c["format"]] if cfg.device == "local-gpu" else "auto",
             warmup=cfg.warmup,
             min_iters=cfg.min_iters,
             min_seconds=cfg.min_seconds,
