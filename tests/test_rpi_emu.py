@@ -1,0 +1,81 @@
+"""The emulated Raspberry-Pi-class target: the agent on a real ARM64 userland under qemu-user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from edgecnn.devices import EmulatedTransport, get_profile
+from edgecnn.runtimes import AGENT_PATH
+
+
+@pytest.fixture(scope="session")
+def rpi_emu() -> EmulatedTransport:
+    """The rpi-emu userland, built once into ~/.cache/edgecnn/rpi-emu (skips when it cannot be)."""
+    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
+        pytest.skip("qemu-user-static is not installed (apt-get install qemu-user-static)")
+    transport = EmulatedTransport(get_profile("rpi-emu"))
+    if not (transport.root / ".complete").is_file():
+        if not shutil.which("apt-get") or not shutil.which("dpkg"):
+            pytest.skip("building the ARM64 userland needs apt-get and dpkg (a Debian/Ubuntu host)")
+        env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+        proc = subprocess.run(
+            ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"could not build the ARM64 userland: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    reason = transport.probe()
+    if reason:
+        pytest.skip(f"rpi-emu is not usable here: {reason}")
+    return transport
+
+
+def test_agent_runs_on_arm64_with_its_runtimes(rpi_emu, tmp_path):
+    proc = subprocess.run(
+        [*rpi_emu.python_argv(), str(AGENT_PATH), "--list-runtimes"], capture_output=True, text=True, timeout=120
+    )
+    info = json.loads(proc.stdout)
+    assert info["machine"] == "aarch64" and info["python"].startswith("3.11")
+    assert info["numpy"].startswith("1.")  # tflite-runtime needs numpy<2
+    assert "tflite-runtime" in info["runtimes"] and "onnxruntime" in info["runtimes"]
+
+
+def test_deploy_to_rpi_emu_matches_the_local_benchmark(rpi_emu, quickstart_run, tmp_path):
+    run = Path(shutil.copytree(quickstart_run, tmp_path / "run"))
+    local = {
+        (m["name"], m["format"], m["precision"]): m for m in json.loads((run / "report.json").read_text())["models"]
+    }
+    before = set(Path(rpi_emu.profile.workdir).glob("edgecnn.*"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecnn", "deploy", str(run), "--device", "rpi-emu", "--json", "--min-seconds", "0.2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries = json.loads(proc.stdout)
+    assert {(e["format"], e["precision"]) for e in entries} == {
+        ("tflite", "fp32"),
+        ("tflite", "int8"),
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+    }
+    for e in entries:
+        ref = local[(e["name"], e["format"], e["precision"])]
+        assert e["machine"] == "aarch64" and e["emulated"] is True and "emulation" in e["notes"][0]
+        assert e["runtime"].startswith("tflite-runtime" if e["format"] == "tflite" else "onnxruntime")
+        assert e["eval_samples"] == ref["eval_samples"]
+        # real ARM64 kernels (XNNPACK/MLAS) may round differently from x86 on a few borderline images
+        assert abs(e["accuracy"] - ref["accuracy"]) <= 0.005, (e, ref["accuracy"])
+        assert e["latency_ms"]["p50"] > 0
+    report_md = (run / "report.md").read_text()
+    assert "rpi-emu (emulated)" in report_md
+    assert set(Path(rpi_emu.profile.workdir).glob("edgecnn.*")) <= before  # nothing left behind
