@@ -1,7 +1,7 @@
 """Export PyTorch models to ONNX (dynamo exporter) and TFLite (litert-torch), fp32 and int8.
 
 ONNX int8 uses `onnxruntime.quantization` static quantization fed by real calibration images;
-TFLite int8 uses litert-torch's PT2E quantizer (per-channel weights, int8 input and output).
+TFLite int8 uses litert-torch's PT2E quantizer (per-channel weights; int8 or float input and output).
 A failing conversion raises UserError naming the operator and, where known, the layer.
 """
 
@@ -48,19 +48,59 @@ def quiet():
             logging.getLogger(n).setLevel(lv)
 
 
-def _conversion_error(kind: str, exc: Exception, model: nn.Module) -> UserError:
+def _op_key(name: str) -> str:
+    """`aten.erfinv.default` / `torch.ops.prims.erf_inv.default` -> `erfinv` (for matching)."""
+    name = re.sub(r"^(torch\.ops\.)?(aten|prims)[.:]+", "", name)
+    return re.sub(r"\.(default|Tensor|Scalar|int)$", "", name).replace("_", "").lower()
+
+
+def find_layer(model: nn.Module, input_shape: tuple[int, ...], op: str) -> str | None:
+    """The module path (and class) of the first layer whose ATen graph calls `op`, if any."""
+    key = _op_key(op)
+    try:
+        graph = torch.export.export(model.eval(), (torch.zeros(1, *input_shape),)).graph
+    except Exception:  # noqa: BLE001 - a model torch.export cannot capture has no layer map
+        return None
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = _op_key(str(node.target))
+        if key and (key in target or target in key):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, cls = list(stack.values())[-1]
+                path = re.sub(r"^L\['self'\]\.?", "", str(path)) or "(top level)"
+                return f"{path} ({getattr(cls, '__name__', str(cls).split('.')[-1])})"
+    return None
+
+
+def _conversion_error(kind: str, exc: Exception, model: nn.Module, input_shape: tuple[int, ...]) -> UserError:
     text = f"{exc.__class__.__name__}: {exc}"
     op = re.search(r"(aten[.:]{1,2}[A-Za-z0-9_.]+|torch\.ops\.[A-Za-z0-9_.]+|'[A-Za-z]+' (?:op|operator))", text)
-    layer = re.search(r"(?:module|layer|nn_module_stack)[^A-Za-z0-9_]+([A-Za-z_][A-Za-z0-9_.]*)", text)
+    layer = find_layer(model, input_shape, op.group(1)) if op else None
     what = f"operator {op.group(1)}" if op else text.splitlines()[0][:200]
-    where = f" in layer {layer.group(1)}" if layer else ""
+    where = f" in layer {layer}" if layer else ""
     return UserError(
         f"{kind} export failed: unsupported {what}{where}; replace that layer or skip {kind} in export.formats"
     )
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 18) -> None:
-    """One self-contained .onnx file (dynamic batch), checked by onnx.checker."""
+def simplify_onnx(path: Path) -> None:
+    """Fold constants and remove redundant nodes with the onnxscript optimizer, in place (atomically)."""
+    import onnx
+    import onnxscript.optimizer
+
+    with quiet():
+        model = onnxscript.optimizer.optimize(onnx.load(str(path)))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 18, simplify: bool = False
+) -> None:
+    """One self-contained .onnx file (dynamic batch), checked by onnx.checker; optionally simplified."""
     import onnx
 
     model = model.eval()
@@ -83,7 +123,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, opse
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - converter failures are the model's, reported as such
-        raise _conversion_error("ONNX", e, model) from None
+        raise _conversion_error("ONNX", e, model, input_shape) from None
+    if simplify:
+        simplify_onnx(path)
 
 
 def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
@@ -95,35 +137,61 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path) ->
         with quiet(), atomic_path(path) as tmp:
             litert_torch.convert(model, (torch.zeros(1, *input_shape),)).export(str(tmp))
     except Exception as e:  # noqa: BLE001
-        raise _conversion_error("TFLite", e, model) from None
+        raise _conversion_error("TFLite", e, model, input_shape) from None
+
+
+def tflite_quantizer(per_channel: bool = True, qat: bool = False):
+    """litert-torch's PT2E quantizer: symmetric int8, per-channel weights, static activations."""
+    from litert_torch.quantize import pt2e_quantizer
+
+    return pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat, is_dynamic=False)
+    )
+
+
+def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, ...], path: Path, io: str) -> None:
+    """Convert a calibrated (or QAT-trained) PT2E graph to a full-integer .tflite with `io` tensors."""
+    import litert_torch
+    from litert_torch.quantize import quant_config
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    from edgecnn.tflite_io import float_io
+
+    example = (torch.zeros(1, *input_shape),)
+    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    edge = litert_torch.convert(converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+    with atomic_path(path) as tmp:
+        edge.export(str(tmp))
+        if io == "float":
+            tmp.write_bytes(float_io(tmp.read_bytes()))
 
 
 def quantize_tflite(
-    model: nn.Module, input_shape: tuple[int, ...], calib: torch.Tensor, path: Path, per_channel: bool = True
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    calib: torch.Tensor,
+    path: Path,
+    per_channel: bool = True,
+    io: str = "int8",
 ) -> None:
-    """Full-integer int8 .tflite through litert-torch's PT2E quantizer, calibrated on `calib` (normalised)."""
-    import litert_torch
-    from litert_torch.quantize import pt2e_quantizer, quant_config
+    """Full-integer int8 .tflite through litert-torch's PT2E quantizer, calibrated on `calib` (normalised).
+
+    `io` is the type of the input and output tensors: int8 (litert-torch's own) or float.
+    """
     from torchao.quantization.pt2e import quantize_pt2e
 
     example = (torch.zeros(1, *input_shape),)
     try:
-        with quiet(), atomic_path(path) as tmp:
+        with quiet():
             exported = torch.export.export(model.eval(), example).module()
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)
-            )
+            quantizer = tflite_quantizer(per_channel)
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
             with torch.no_grad():
                 for i in range(len(calib)):
                     prepared(calib[i : i + 1])
-            converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-            edge = litert_torch.convert(
-                converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
-            )
-            edge.export(str(tmp))
+            convert_pt2e_tflite(prepared, quantizer, input_shape, path, io)
     except Exception as e:  # noqa: BLE001
-        raise _conversion_error("TFLite int8", e, model) from None
+        raise _conversion_error("TFLite int8", e, model, input_shape) from None
 
 
 class _CalibReader:

@@ -106,21 +106,38 @@ class OnnxQuantConfig(Section):
 
 
 class TfliteQuantConfig(Section):
-    io: Literal["int8"] = "int8"
+    io: Literal["int8", "float"] = "int8"
     per_channel: bool = True
+
+
+class QatConfig(Section):
+    """Quantization-aware training, the fallback when post-training int8 misses the budget."""
+
+    enabled: Literal["auto", "true", "false"] = "auto"
+    epochs: int = Field(2, ge=1, le=1000)
+    lr: float = Field(0.001, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=65_536)
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _bool_words(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
 
 
 class QuantizeConfig(Section):
     enabled: bool = True
+    select: Literal["auto", "fixed"] = "auto"
     onnx: OnnxQuantConfig = OnnxQuantConfig()
     tflite: TfliteQuantConfig = TfliteQuantConfig()
     accuracy_budget: float = Field(0.01, ge=0, le=1, description="max top-1 loss of int8, 0..1")
     on_fail: Literal["error", "warn"] = "error"
+    qat: QatConfig = QatConfig()
 
 
 class ExportConfig(Section):
     formats: list[Literal["onnx", "tflite"]] = Field(default_factory=lambda: ["onnx", "tflite"])
     opset: int = Field(18, ge=17, le=23)
+    simplify: bool = True
     min_agreement: float = Field(0.995, ge=0, le=1, description="fp32 parity gate on top-1")
     on_fail: Literal["error", "warn"] = "error"
 
