@@ -125,3 +125,17 @@ def test_devices_lists_the_ssh_profile_as_reachable(sshd, tmp_path):
     assert rows["loopback"]["reachable"] is True
     assert rows["closed"]["reachable"] is False and "cannot connect" in rows["closed"]["reason"]
     assert rows["local-cpu"]["reachable"] is True
+
+
+def test_remote_arguments_are_quoted(sshd, quickstart_run, tmp_path):
+    devices = tmp_path / "devices"
+    workdir = sshd.profile("loopback", devices)
+    canary = f"edgecnn-canary-{os.getpid()}"
+    model = tmp_path / f"it's a $(touch {canary}) model.int8.tflite"
+    shutil.copy(quickstart_run / "quantize" / "model.int8.tflite", model)
+    proc = deploy_cli("deploy", str(model), "--device", "loopback", "--json", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)[0]["size_bytes"] == model.stat().st_size
+    # the file name reached the device as data, never as shell code
+    assert not (Path.home() / canary).exists() and not (workdir / canary).exists()
+    assert list(workdir.iterdir()) == []

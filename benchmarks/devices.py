@@ -1,0 +1,101 @@
+"""The quickstart's models on every device this machine can reach, and latency stability.
+
+    flock /tmp/edgecnn-cpu.lock python benchmarks/devices.py   # writes devices.json and devices.md
+
+1. Runs `edgecnn compress recipes/quickstart.yaml` once, then `edgecnn deploy RUN --device D` for
+   D in local-cpu and rpi-emu (and local-gpu when torch sees a GPU; otherwise its reason is recorded).
+   rpi-emu accuracies are real ARM64 execution; its latencies are emulated (qemu-user).
+2. Latency stability: the same model (student-pruned, TFLite int8, 1 thread) measured by the agent
+   in five separate processes; the coefficient of variation of the five p50s (target <= 3%).
+Every number comes from the agent (edgecnn/agent.py) in this run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edgecnn.deploy import deploy
+from edgecnn.devices import get_profile, reachability
+from edgecnn.environment import environment
+from edgecnn.report import markdown_table
+from edgecnn.runtimes import run_agent_local
+
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "recipes" / "quickstart.yaml"
+DEVICES = ("local-cpu", "local-gpu", "rpi-emu")
+REPEATS = 5
+CV_TARGET = 0.03
+FIELDS = (
+    "name",
+    "format",
+    "precision",
+    "device",
+    "emulated",
+    "size_bytes",
+    "accuracy",
+    "latency_ms",
+    "peak_memory_mb",
+    "runtime",
+    "threads",
+    "machine",
+)
+
+
+def stability(model: Path, npz: Path, repeats: int = REPEATS, min_seconds: float = 2.0) -> dict:
+    """p50 latency of one model in `repeats` fresh agent processes, and their coefficient of variation."""
+    runs = [run_agent_local(model, npz, threads=1, min_seconds=min_seconds, min_iters=200) for _ in range(repeats)]
+    p50 = [r["latency_ms"]["p50"] for r in runs]
+    cv = statistics.stdev(p50) / statistics.mean(p50)
+    return {
+        "model": str(model.relative_to(npz.parents[1])),
+        "runtime": runs[0]["runtime"],
+        "threads": 1,
+        "min_seconds_per_run": min_seconds,
+        "iters": [r["latency_ms"]["iters"] for r in runs],
+        "p50_ms": p50,
+        "p50_mean_ms": statistics.mean(p50),
+        "cv": cv,
+        "cv_target": CV_TARGET,
+        "meets_target": cv <= CV_TARGET,
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "quickstart"
+        subprocess.run([sys.executable, "-m", "edgecnn", "compress", str(RECIPE), "--out", str(run)], check=True)
+        devices = {}
+        for name in DEVICES:
+            reason = reachability(get_profile(name))
+            if reason:
+                devices[name] = {"available": False, "reason": reason}
+                print(f"{name}: unavailable ({reason})", file=sys.stderr)
+                continue
+            t0 = time.perf_counter()
+            entries = deploy(run, name, log=lambda msg: print(msg, file=sys.stderr))
+            devices[name] = {"available": True, "wall_s": round(time.perf_counter() - t0, 1), "models": len(entries)}
+        report = json.loads((run / "report.json").read_text())
+        stable = stability(run / "quantize" / "model.int8.tflite", run / "bench" / "eval.npz")
+    deployed = [m for m in report["models"] if m["device"] in devices]
+    result = {
+        "benchmark": "devices",
+        "command": "edgecnn compress recipes/quickstart.yaml; edgecnn deploy RUN --device D",
+        "environment": environment(),
+        "devices": devices,
+        "deployments": report.get("deployments", {}),
+        "models": [{k: m.get(k) for k in FIELDS} for m in deployed],
+        "latency_stability": stable,
+    }
+    (HERE / "devices.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "devices.md").write_text(markdown_table(deployed) + "\n")
+    print(json.dumps({"devices": devices, "cv": stable["cv"], "p50_ms": stable["p50_ms"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
