@@ -489,7 +489,11 @@ def _check_model_file(path: Path) -> None:
 @click.option("--min-seconds", type=float, help="Latency measuring time per model (default: the run's).")
 @data_option
 def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean, std):
-    """Copy deployable models and the agent to a device, benchmark there, merge results into the report."""
+    """Copy deployable models and the agent to a device, benchmark there, merge results into the report.
+
+    TARGET is a finished run directory (its models, its evaluation images) or one model file
+    (.onnx, .tflite, TorchScript), evaluated on --data.
+    """
     from edgecnn.deploy import deploy as deploy_to
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -205,9 +205,6 @@ class Transport:
                 f"device {self.profile.name}: {e.filename} not found; fix `python:` in its profile"
             ) from None
 
-    def exists(self, remote_dir: str) -> bool:
-        return Path(remote_dir).exists()
-
     def remove(self, remote_dir: str) -> None:
         shutil.rmtree(remote_dir, ignore_errors=True)
 
@@ -359,9 +356,6 @@ class SSHTransport(Transport):
         # `cd DIR && exec PROGRAM ARGS...` with a leading ~/ of PROGRAM expanded there (every word is quoted)
         script = 'cd "$1" && p="$2" && shift 2 && case "$p" in "~/"*) p="$HOME/${p#??}";; esac && exec "$p" "$@"'
         return self._ssh(["sh", "-c", script, "sh", cwd, *argv], timeout=timeout, check=False)
-
-    def exists(self, remote_dir: str) -> bool:
-        return self._ssh(["test", "-e", remote_dir], timeout=60, check=False).returncode == 0
 
     def remove(self, remote_dir: str) -> None:
         self._ssh(["rm", "-rf", "--", remote_dir], timeout=60, check=False)
