@@ -1,0 +1,117 @@
+"""Data specs on real CIFAR-10 images: image folders, CIFAR python batches, the uint8 cache and batch augmentation."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edgecnn.data import SPLIT_SEED, augment_batch, batches, load_data
+from edgecnn.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+
+
+def test_imagefolder_decodes_once_into_uint8(tmp_path, cifar_small):
+    data = load_data(f"imagefolder:{cifar_small}", 0.1, [0.5] * 3, [0.25] * 3)
+    assert data.classes[:3] == ["airplane", "automobile", "bird"] and data.num_classes == 10
+    assert (len(data.train), len(data.val), len(data.test)) == (360, 40, 300)
+    assert data.train.x.dtype == torch.uint8 and data.input_shape == (3, 32, 32)
+    assert torch.bincount(data.test.y).tolist() == [30] * 10
+    caches = sorted((tmp_path / "cache").glob("imagefolder-*.npz"))
+    assert len(caches) == 2  # train and test folders, decoded once
+    again = load_data(f"imagefolder:{cifar_small}", 0.1, [0.5] * 3, [0.25] * 3)
+    assert torch.equal(again.train.x, data.train.x) and torch.equal(again.test.y, data.test.y)
+    x = data.normalize(data.test.x[:4])
+    assert x.dtype == torch.float32 and torch.allclose(x, (data.test.x[:4].float() / 255 - 0.5) / 0.25)
+
+
+def _write_batch(path, x: torch.Tensor, y: torch.Tensor) -> None:
+    with open(path, "wb") as f:
+        pickle.dump({b"data": x.reshape(len(x), -1).numpy(), b"labels": y.tolist()}, f)
+
+
+def test_cifar10_python_batches_match_the_image_folder(tmp_path, cifar_small):
+    ref = load_data(f"imagefolder:{cifar_small}", 0.0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i, idx in enumerate(torch.arange(len(ref.train)).chunk(5), start=1):
+        _write_batch(folder / f"data_batch_{i}", ref.train.x[idx], ref.train.y[idx])
+    _write_batch(folder / "test_batch", ref.test.x, ref.test.y)
+    data = load_data(f"cifar10:{folder}", 0.0)
+    order = torch.randperm(len(ref.train), generator=torch.Generator().manual_seed(SPLIT_SEED))  # the fixed split
+    assert torch.equal(data.train.x, ref.train.x[order]) and torch.equal(data.train.y, ref.train.y[order])
+    assert torch.equal(data.test.x, ref.test.x)
+    assert torch.equal(data.test.y, ref.test.y) and data.classes == ref.classes
+
+
+class _Payload:
+    def __reduce__(self):
+        return (open, ("/tmp/edgecnn-should-not-exist", "w"))
+
+
+def test_cifar10_batches_never_run_code(tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": _Payload(), b"labels": [0]}))
+    with pytest.raises(UserError, match="data_batch_1: not a CIFAR-10 python batch"):
+        load_data(f"cifar10:{folder}")
+    with pytest.raises(UserError, match="missing CIFAR-10 batch"):
+        load_data(f"cifar10:{tmp_path}")
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(UserError, match="missing train/ folder"):
+        load_data(f"imagefolder:{tmp_path}")
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "1.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "test" / "cat" / "1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="1.jpg: not a readable image"):
+        load_data(f"imagefolder:{tmp_path}")
+
+
+def test_augment_batch_is_a_padded_crop_and_flip(cifar_small):
+    data = load_data(f"imagefolder:{cifar_small}")
+    x = data.train.x[:16]
+    out = augment_batch(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    flips = 0
+    for i in range(len(x)):
+        crops = [padded[i, :, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+        plain = any(torch.equal(out[i], c) for c in crops)
+        flipped = any(torch.equal(out[i], c.flip(2)) for c in crops)
+        assert plain or flipped
+        flips += flipped and not plain
+    assert 0 < flips < len(x)  # some flipped, some not
+
+
+def test_batched_augmentation_beats_per_image_pil(cifar_small):
+    """The fast path's point: augmenting uint8 batches is several times faster than torchvision per image."""
+    from PIL import Image
+    from torchvision import transforms
+
+    data = load_data(f"imagefolder:{cifar_small}")
+    split = data.train
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+    pil = [Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy())) for x in split.x]
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        for xb, _ in batches(split, 128, shuffle=True, augment=True, generator=g):
+            data.normalize(xb)
+    fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(5):
+        for i in range(0, len(pil), 128):
+            torch.stack([tf(im) for im in pil[i : i + 128]])
+    slow = time.perf_counter() - t0
+    assert slow > 2 * fast, (slow, fast)
