@@ -8,14 +8,18 @@
 # architecture, lists and cache, so the host's apt state is untouched), unpacked with dpkg -x;
 # numpy and tflite-runtime are aarch64 wheels (manylinux up to glibc 2.34; bookworm has 2.36;
 # tflite-runtime needs numpy<2).
-# onnxruntime's aarch64 wheel is added too (EDGECNN_RPI_EMU_ORT=0 leaves it out).
-# Idempotent: a finished ROOT (ROOT/.complete) is left as it is; a half-built one is redone.
+# onnxruntime and ai-edge-litert aarch64 wheels are added too (EDGECNN_RPI_EMU_ORT=0 and
+# EDGECNN_RPI_EMU_LITERT=0 leave them out).
+# Idempotent: a ROOT finished by this version of the script (ROOT/.complete holds BUILD) is left
+# as it is; a half-built or older one is redone.
 set -euo pipefail
 
 ROOT="${1:-${EDGECNN_RPI_EMU_ROOT:-$HOME/.cache/edgecnn/rpi-emu}}"
 SUITE="${EDGECNN_RPI_EMU_SUITE:-bookworm}"
 MIRROR="${EDGECNN_RPI_EMU_MIRROR:-http://deb.debian.org/debian}"
 WITH_ORT="${EDGECNN_RPI_EMU_ORT:-1}"
+WITH_LITERT="${EDGECNN_RPI_EMU_LITERT:-1}"
+BUILD="edgecnn-rpi-emu 2 $SUITE ort=$WITH_ORT litert=$WITH_LITERT"
 PY=python3.11
 PKGS=(
   libc6 libgcc-s1 libstdc++6 gcc-12-base zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5
@@ -23,7 +27,7 @@ PKGS=(
   "$PY-minimal" "lib$PY-minimal" "lib$PY-stdlib"
 )
 
-if [ -f "$ROOT/.complete" ]; then
+if [ "$(cat "$ROOT/.complete" 2>/dev/null)" = "$BUILD" ]; then
   echo "rpi-emu: $ROOT is already built"
   exit 0
 fi
@@ -52,6 +56,7 @@ for deb in "$WORK"/debs/*.deb; do dpkg -x "$deb" "$WORK/root"; done
 
 WHEELS=("numpy<2" tflite-runtime)
 [ "$WITH_ORT" = 1 ] && WHEELS+=(onnxruntime)
+[ "$WITH_LITERT" = 1 ] && WHEELS+=(ai-edge-litert)
 echo "rpi-emu: downloading aarch64 wheels: ${WHEELS[*]}"
 PIP=(python3 -m pip)
 [ -x "${VIRTUAL_ENV:-}/bin/python" ] && PIP=("$VIRTUAL_ENV/bin/python" -m pip)
@@ -92,5 +97,5 @@ EOF
 ls "$WORK/debs" "$WORK/wheels" > "$WORK/root/MANIFEST.txt"
 mv "$WORK/root" "$ROOT"
 rm -rf "$WORK"
-touch "$ROOT/.complete"
+echo "$BUILD" > "$ROOT/.complete"
 echo "rpi-emu: built $ROOT ($(du -sh "$ROOT" | cut -f1))"

@@ -103,7 +103,7 @@ BUILTIN = {
         "transport": "emulated",
         "root": "~/.cache/edgecnn/rpi-emu",
         "python": "/usr/bin/python3.11",
-        "runtimes": ["tflite-runtime", "onnxruntime"],
+        "runtimes": ["tflite-runtime", "onnxruntime", "litert"],
         "emulated": True,
     },
 }

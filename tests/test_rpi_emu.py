@@ -22,15 +22,14 @@ def rpi_emu() -> EmulatedTransport:
     if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
         pytest.skip("qemu-user-static is not installed (apt-get install qemu-user-static)")
     transport = EmulatedTransport(get_profile("rpi-emu"))
-    if not (transport.root / ".complete").is_file():
-        if not shutil.which("apt-get") or not shutil.which("dpkg"):
-            pytest.skip("building the ARM64 userland needs apt-get and dpkg (a Debian/Ubuntu host)")
-        env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
-        proc = subprocess.run(
-            ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"could not build the ARM64 userland: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        pytest.skip("building the ARM64 userland needs apt-get and dpkg (a Debian/Ubuntu host)")
+    env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+    proc = subprocess.run(  # returns at once when the cached userland is up to date
+        ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"could not build the ARM64 userland: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     reason = transport.probe()
     if reason:
         pytest.skip(f"rpi-emu is not usable here: {reason}")
@@ -44,7 +43,20 @@ def test_agent_runs_on_arm64_with_its_runtimes(rpi_emu, tmp_path):
     info = json.loads(proc.stdout)
     assert info["machine"] == "aarch64" and info["python"].startswith("3.11")
     assert info["numpy"].startswith("1.")  # tflite-runtime needs numpy<2
-    assert "tflite-runtime" in info["runtimes"] and "onnxruntime" in info["runtimes"]
+    assert {"tflite-runtime", "onnxruntime", "litert"} <= set(info["runtimes"])
+
+
+def test_litert_on_arm64_matches_litert_on_this_machine(rpi_emu, quickstart_run, quickstart_report, tmp_path):
+    """The agent's JSON on the emulated ARM64 target against the local benchmark of the same model."""
+    local = next(m for m in quickstart_report["models"] if m["format"] == "tflite" and m["precision"] == "int8")
+    assert local["runtime"].startswith("litert")
+    argv = [*rpi_emu.python_argv(), str(AGENT_PATH), "--runtime", "litert", "--min-seconds", "0.2"]
+    argv += ["--model", str(quickstart_run / local["path"]), "--data", str(quickstart_run / "bench" / "eval.npz")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    arm = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert arm["machine"] == "aarch64" and arm["runtime"] == local["runtime"]
+    assert arm["eval_samples"] == local["eval_samples"] and arm["size_bytes"] == local["size_bytes"]
+    assert abs(arm["accuracy"] - local["accuracy"]) <= 0.005, (arm["accuracy"], local["accuracy"])
 
 
 def test_deploy_to_rpi_emu_matches_the_local_benchmark(rpi_emu, quickstart_run, tmp_path):
