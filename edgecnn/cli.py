@@ -459,8 +459,10 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
         if device == "local-cpu":
             result = run_agent_local(target, npz, threads=threads, min_seconds=min_seconds)
         else:  # the same agent, on the device through its transport
-            job = model_job(target)
-            result = benchmark_on_device(profile, [job], npz, threads=threads, min_seconds=min_seconds)[0][0]
+            entries, _ = benchmark_on_device(
+                profile, [model_job(target)], npz, threads=threads, min_seconds=min_seconds, strict=True
+            )
+            result = entries[0]
     result.update({"model": str(model_path), "size_bytes": model_path.stat().st_size, "device": device})
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -143,6 +143,20 @@ def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
     return entry
 
 
+def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> dict:
+    """A model the agent could not measure on the device: null measurements and the reason."""
+    nulls = dict.fromkeys(("accuracy", "latency_ms", "peak_memory_mb", "load_ms", "threads", "batch_size"))
+    return {
+        **job.base,
+        **nulls,
+        "eval_samples": None,
+        "runtime": runtime,
+        "device": profile.name,
+        "emulated": profile.emulated,
+        "notes": [why],
+    }
+
+
 def benchmark_on_device(
     profile: DeviceProfile,
     jobs: list[Job],
@@ -154,9 +168,13 @@ def benchmark_on_device(
     warmup: int = 10,
     min_iters: int = 50,
     keep: bool = False,
+    strict: bool = False,
     log=None,
 ) -> tuple[list[dict], dict]:
-    """Copy the jobs, the agent and the batch to a fresh work dir on the device, run them, clean up."""
+    """Copy the jobs, the agent and the batch to a fresh work dir on the device, run them, clean up.
+
+    A model the agent fails on becomes an entry with null measurements and a note, unless `strict`.
+    """
     for j in jobs:
         if j.format not in profile.formats():
             raise UserError(
@@ -167,13 +185,16 @@ def benchmark_on_device(
     _check_ready(transport)
     python = transport.python_argv()
     workdir = transport.mkdtemp()
-    info = {"workdir": workdir, "kept": keep}
+    info: dict = {"workdir": workdir}
     try:
         transport.put([AGENT_PATH, npz], workdir)
         proc = transport.run([*python, AGENT_PATH.name, "--list-runtimes"], workdir, timeout=300)
         probe = _agent_json(proc, profile, "--list-runtimes")
         info.update({k: probe.get(k) for k in ("runtimes", "machine", "python", "numpy")})
         plan = [(j, choose_runtime(profile, j.format, probe["runtimes"])) for j in jobs]
+        info["skipped"] = [
+            f"{j.base['name']} {j.format} {j.base['precision']}: no {j.format} runtime" for j, rt in plan if not rt
+        ]
         plan = [(j, rt) for j, rt in plan if rt]
         if not plan:
             wanted = sorted({rt for j in jobs for rt in profile.runtimes if rt in FORMAT_RUNTIMES[j.format]})
@@ -207,7 +228,14 @@ def benchmark_on_device(
                 str(min_iters),
             ]
             proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
-            entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile))
+            try:
+                entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile))
+            except UserError as e:  # one model failing there: recorded, the others still measured
+                if strict:
+                    raise
+                if log:
+                    log(f"{profile.name}: {e}")
+                entries.append(_failed_entry(j, profile, rt, str(e)))
     finally:
         if not keep:
             transport.remove(workdir)
@@ -294,7 +322,7 @@ def deploy(
             "transport": profile.transport,
             "emulated": profile.emulated,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            **{k: v for k, v in info.items() if k not in ("kept", "workdir")},
+            **{k: v for k, v in info.items() if k != "workdir"},
             **({"kept_workdir": info["workdir"]} if keep else {}),
         }
         merge_into_report(target, report, entries, deployment)
@@ -304,6 +332,13 @@ def deploy(
     if npz is None:
         raise UserError(f"{target}: a single model needs evaluation data; pass --data")
     entries, _ = benchmark_on_device(
-        profile, [model_job(target)], npz, threads=threads, min_seconds=min_seconds or 1.0, keep=keep, log=log
+        profile,
+        [model_job(target)],
+        npz,
+        threads=threads,
+        min_seconds=min_seconds or 1.0,
+        keep=keep,
+        strict=True,
+        log=log,
     )
     return entries
