@@ -139,3 +139,16 @@ def test_remote_arguments_are_quoted(sshd, quickstart_run, tmp_path):
     # the file name reached the device as data, never as shell code
     assert not (Path.home() / canary).exists() and not (workdir / canary).exists()
     assert list(workdir.iterdir()) == []
+
+
+def test_a_model_failing_on_the_device_is_recorded_with_a_note(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    sshd.profile("loopback", devices, runtimes=["litert"])
+    (run_copy / "export" / "model.tflite").write_bytes(b"TFL3 not really a model")
+    proc = deploy_cli("deploy", str(run_copy), "--device", "loopback", "--json", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_precision = {e["precision"]: e for e in json.loads(proc.stdout)}
+    assert by_precision["fp32"]["accuracy"] is None and by_precision["fp32"]["latency_ms"] is None
+    assert "agent failed" in by_precision["fp32"]["notes"][0]
+    assert by_precision["int8"]["accuracy"] > 0.5  # the other model was still measured
+    assert "| loopback |" in (run_copy / "report.md").read_text()
