@@ -224,6 +224,19 @@ def _finish(model, info, data, out: Path, res) -> None:
         click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
 
 
+def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: Path) -> Path:
+    """A user's file.py:Class / torchvision:NAME + state_dict, saved as an edgecnn model file in `folder`."""
+    from edgecnn.models import save_model
+    from edgecnn.stages.teacher import load_user_model
+
+    if weights is None:
+        raise UserError(f"{spec}: an architecture needs its trained weights; add --weights STATE_DICT.pt")
+    data = _load_data(data_spec, mean, std)
+    model, info = load_user_model(spec, _kwargs(kwargs_text, "kwargs"), str(weights), data, "model")
+    save_model(model, info, folder / "model.pt")
+    return folder / "model.pt"
+
+
 @main.command(epilog=_example("train"))
 @click.option(
     "--model", "spec", default="lenet", show_default=True, help="Zoo name, torchvision:NAME or file.py:Class."
@@ -432,13 +445,18 @@ def quantize(model_path, formats, calib_samples, data_spec, mean, std, out):
 @click.option("--threads", type=int, default=1, show_default=True, help="0: all cores.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json):
+@click.option("--weights", type=click.Path(path_type=Path), help="state_dict for file.py:Class / torchvision:NAME.")
+@click.option("--kwargs", "kwargs_text", help="Constructor arguments (YAML mapping) when MODEL is file.py:Class.")
+def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json, weights, kwargs_text):
     """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
     from edgecnn.deploy import benchmark_on_device, model_job
     from edgecnn.devices import get_profile
     from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
 
     profile = get_profile(device)  # an unknown device is an error before any work
+    shown, user_dir = str(model_path), tempfile.TemporaryDirectory()
+    if ".py:" in shown or shown.startswith("torchvision:"):
+        model_path = _user_model_file(shown, kwargs_text, weights, data_spec, mean, std, Path(user_dir.name))
     if not model_path.is_file():
         raise UserError(f"{model_path}: model file not found")
     suffix = model_path.suffix.lower()
@@ -463,13 +481,14 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
                 profile, [model_job(target)], npz, threads=threads, min_seconds=min_seconds, strict=True
             )
             result = entries[0]
-    result.update({"model": str(model_path), "size_bytes": model_path.stat().st_size, "device": device})
+    result.update({"model": shown, "size_bytes": (weights or model_path).stat().st_size, "device": device})
+    user_dir.cleanup()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         lat = result["latency_ms"]
         click.echo(
-            f"{model_path}: accuracy {result['accuracy']:.4f} on {result['eval_samples']} images, "
+            f"{shown}: accuracy {result['accuracy']:.4f} on {result['eval_samples']} images, "
             f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, peak {result['peak_memory_mb']:.0f} MB, "
             f"{result['runtime']}, {result['threads']} thread(s)"
         )

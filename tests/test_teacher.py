@@ -126,3 +126,19 @@ def test_recipe_errors_exit_2(tmp_path, cifar_small):
     recipe.write_text(f"name: r\ndata: imagefolder:{cifar_small}\nteacher: {teacher}\n")
     proc = run_cli("compress", str(recipe), "--out", str(tmp_path / "out"))
     _one_error(proc, "no class 'CifarResNetx'")
+
+
+def test_bench_takes_a_class_file_or_torchscript(cifar_small):
+    needs_shared(STATE_DICT, TORCHSCRIPT)
+    import json
+
+    norm = ["--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    common = ["--data", f"imagefolder:{cifar_small}", *norm, "--min-seconds", "0.1", "--json"]
+    results = []
+    for model in ([PY_CLASS, "--weights", str(STATE_DICT)], [str(TORCHSCRIPT)]):
+        proc = run_cli("bench", *model, *common)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append(json.loads(proc.stdout))
+    py, ts = results
+    assert py["eval_samples"] == ts["eval_samples"] == 300 and py["accuracy"] == pytest.approx(ts["accuracy"], abs=0.01)
+    assert py["accuracy"] > 0.75 and py["size_bytes"] == STATE_DICT.stat().st_size and py["model"] == PY_CLASS
