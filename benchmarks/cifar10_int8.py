@@ -1,0 +1,131 @@
+"""fp32 against int8 on ONNX Runtime and LiteRT for two CIFAR-10 ResNets, side by side in one run.
+
+    flock /tmp/edgecnn-cpu.lock python benchmarks/cifar10_int8.py   # writes benchmarks/cifar10_int8.json
+
+Models: a CIFAR ResNet-20 student trained here on labels for --student-epochs epochs (a quick
+student, cached under ~/.cache/edgecnn/bench/; pass --student FILE to use an edgecnn model file,
+e.g. RUN/distill/model.pt) and the user's ResNet-56 from ../shared/models. Each model is exported
+to ONNX (dynamo, simplified) and TFLite (litert-torch) in fp32, and quantized to int8: ONNX with
+onnxruntime static QDQ (uint8 activations, per-channel int8 weights, MinMax on 256 training
+images), TFLite with litert-torch's PT2E (per-channel, int8 I/O). Every file is measured by the
+agent (edgecnn/agent.py) on the 10,000 CIFAR-10 test images and at batch 1 with one thread and
+with all threads. Targets: int8 loses <= 0.3 points on both runtimes; at one thread int8 p50 is
+<= 0.5x fp32 on LiteRT and <= 0.7x on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from edgecnn.data import load_data
+from edgecnn.environment import environment
+from edgecnn.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
+from edgecnn.models import ModelInfo, build_model, load_model_file, load_weights, save_model
+from edgecnn.recipe import TrainConfig
+from edgecnn.runtimes import run_agent_local, write_eval_npz
+from edgecnn.train import accuracy, fit, predict
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "models"
+DATA = "imagefolder:" + str(Path("~/.cache/edgecnn/cifar10").expanduser())
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+CACHE = Path("~/.cache/edgecnn/bench").expanduser()
+TARGETS = {"max_accuracy_drop": 0.003, "litert_int8_over_fp32_1thread": 0.5, "onnxruntime_int8_over_fp32_1thread": 0.7}
+
+
+def student(data, epochs: int, path: Path | None) -> tuple[object, str]:
+    """The ResNet-20 student: a given edgecnn file, the cached one, or trained now on labels."""
+    if path is not None:
+        return load_model_file(path)[0], f"{path}"
+    cached = CACHE / f"resnet20_cifar10_{epochs}ep.pt"
+    if cached.is_file():
+        return load_model_file(cached)[0], f"ResNet-20 trained on labels for {epochs} epochs (cached {cached})"
+    info = ModelInfo("cifar_resnet20", {"width": 16}, 10, (3, 32, 32), MEAN, STD)
+    model = build_model(info)
+    t0 = time.perf_counter()
+    fit(model, data, TrainConfig(epochs=epochs, lr=0.1, batch_size=128), seed=0, augment=True, label="student")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    save_model(model, info, cached)
+    return model, f"ResNet-20 trained on labels for {epochs} epochs here ({time.perf_counter() - t0:.0f} s)"
+
+
+def resnet56():
+    info = ModelInfo(f"{SHARED / 'cifar_resnet.py'}:CifarResNet", {"depth": 56, "width": 16, "num_classes": 10})
+    model = build_model(info)
+    load_weights(model, SHARED / "resnet56_cifar10.state_dict.pt")
+    return model.eval(), "the user's ResNet-56 (../shared/models/resnet56_cifar10.state_dict.pt)"
+
+
+def measure_model(name: str, model, origin: str, data, npz: Path, work: Path, seconds: float) -> dict:
+    """Export, quantize and measure one model: four files, each at one thread and all threads."""
+    shape, calib = data.input_shape, data.normalize(data.train.x[:256])
+    files = {
+        ("onnxruntime", "fp32"): work / f"{name}.onnx",
+        ("onnxruntime", "int8"): work / f"{name}.int8.onnx",
+        ("litert", "fp32"): work / f"{name}.tflite",
+        ("litert", "int8"): work / f"{name}.int8.tflite",
+    }
+    export_onnx(model, shape, files["onnxruntime", "fp32"], simplify=True)
+    quantize_onnx(files["onnxruntime", "fp32"], files["onnxruntime", "int8"], calib.numpy())
+    export_tflite(model, shape, files["litert", "fp32"])
+    quantize_tflite(model, shape, calib, files["litert", "int8"])
+    rows = []
+    for threads in (1, os.cpu_count() or 1):
+        for (runtime, precision), path in files.items():
+            m = run_agent_local(path, npz, threads=threads, min_iters=100, min_seconds=seconds)
+            rows.append({"runtime": runtime, "precision": precision, "threads": m["threads"], "file": path.name,
+                         "size_bytes": path.stat().st_size, "accuracy": m["accuracy"],
+                         "eval_samples": m["eval_samples"], "latency_ms": m["latency_ms"],
+                         "peak_memory_mb": m["peak_memory_mb"], "runtime_version": m["runtime"]})
+            print(f"{name:9s} {runtime:11s} {precision} {m['threads']}t acc {m['accuracy']:.4f} "
+                  f"p50 {m['latency_ms']['p50']:.3f} ms", flush=True)
+    torch_acc = accuracy(predict(model, data, data.test), data.test.y)
+    return {"name": name, "origin": origin, "pytorch_fp32_accuracy": torch_acc, "results": rows,
+            "checks": checks(rows)}
+
+
+def checks(rows: list[dict]) -> dict:
+    """int8 against fp32 of the same model: accuracy drop and p50 ratio per runtime and thread count."""
+    out = {}
+    for runtime, limit in (("litert", 0.5), ("onnxruntime", 0.7)):
+        for threads in sorted({r["threads"] for r in rows}):
+            fp, q = ({r["precision"]: r for r in rows if r["runtime"] == runtime and r["threads"] == threads}[p]
+                     for p in ("fp32", "int8"))
+            ratio = q["latency_ms"]["p50"] / fp["latency_ms"]["p50"]
+            drop = fp["accuracy"] - q["accuracy"]
+            entry = {"int8_over_fp32_p50": round(ratio, 3), "accuracy_drop": round(drop, 4),
+                     "accuracy_within_0.3_points": drop <= TARGETS["max_accuracy_drop"] + 1e-9}
+            if threads == 1:
+                entry[f"latency_target_{limit}x_met"] = ratio <= limit
+            out[f"{runtime}_{threads}t"] = entry
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", type=Path, help="an edgecnn model file to use as the student")
+    ap.add_argument("--student-epochs", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=2.0, help="latency measuring time per file and setting")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    data = load_data(DATA, 0.1, MEAN, STD)
+    models = [("resnet20", *student(data, a.student_epochs, a.student)), ("resnet56", *resnet56())]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "eval.npz"
+        write_eval_npz(data, data.test, npz)
+        for name, model, origin in models:
+            results.append(measure_model(name, model, origin, data, npz, Path(tmp), a.seconds))
+    out = {"benchmark": "cifar10_int8", "command": "python benchmarks/cifar10_int8.py", "targets": TARGETS,
+           "wall_s": round(time.perf_counter() - t0, 1), "environment": environment(), "models": results}
+    (HERE / "cifar10_int8.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({m["name"]: m["checks"] for m in results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
