@@ -57,6 +57,7 @@ def candidates(ctx: Context) -> list[dict]:
                     "params": src.get("params"),
                     "macs": src.get("macs"),
                     "parity": f["parity"],
+                    "deploy": ctx.results.get("quantize", {}).get("deploy", {}).get(fmt, "fp32") == precision,
                 }
             )
     return out
@@ -131,5 +132,6 @@ class BenchStage(Stage):
             "threads": m["threads"],
             "batch_size": m["batch_size"],
             "parity": c["parity"],
+            "deploy": c.get("deploy", False),
             "emulated": False,
         }
