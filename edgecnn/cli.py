@@ -457,6 +457,8 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
     shown, user_dir = str(model_path), tempfile.TemporaryDirectory()
     if ".py:" in shown or shown.startswith("torchvision:"):
         model_path = _user_model_file(shown, kwargs_text, weights, data_spec, mean, std, Path(user_dir.name))
+    elif weights is not None:
+        raise UserError(f"--weights: only for MODEL file.py:Class or torchvision:NAME; {shown} holds its weights")
     if not model_path.is_file():
         raise UserError(f"{model_path}: model file not found")
     suffix = model_path.suffix.lower()
@@ -481,7 +483,7 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
                 profile, [model_job(target)], npz, threads=threads, min_seconds=min_seconds, strict=True
             )
             result = entries[0]
-    result.update({"model": shown, "size_bytes": (weights or model_path).stat().st_size, "device": device})
+    result.update({"model": shown, "size_bytes": Path(weights or model_path).stat().st_size, "device": device})
     user_dir.cleanup()
     if as_json:
         click.echo(json.dumps(result, indent=2))
