@@ -379,9 +379,10 @@ def _export_common(model_path: Path, data_spec, mean, std):
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--format", "formats", default="onnx,tflite", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run the onnxscript optimizer.")
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
-def export(model_path, formats, opset, data_spec, mean, std, out):
+def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
     """Export an edgecnn model file to ONNX and/or TFLite fp32, checking parity on the test split."""
     from edgecnn.export import export_onnx, export_tflite
     from edgecnn.runtimes import parity, runtime_logits
@@ -393,7 +394,7 @@ def export(model_path, formats, opset, data_spec, mean, std, out):
         if fmt not in ("onnx", "tflite"):
             raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
         path = out / f"model.{fmt}"
-        export_onnx(model, info.input_shape, path, opset) if fmt == "onnx" else export_tflite(
+        export_onnx(model, info.input_shape, path, opset, simplify) if fmt == "onnx" else export_tflite(
             model, info.input_shape, path
         )
         acc, logits = runtime_logits(path, data, data.test)
@@ -408,9 +409,17 @@ def export(model_path, formats, opset, data_spec, mean, std, out):
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--format", "formats", default="onnx,tflite", show_default=True)
 @click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--onnx-format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
+@click.option("--activation", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="ONNX activation type.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX calibration method.")
+@click.option("--tflite-io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
+              help="Type of the TFLite input and output tensors.")
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the int8 files.")
-def quantize(model_path, formats, calib_samples, data_spec, mean, std, out):
+def quantize(model_path, formats, calib_samples, onnx_format, activation, method, tflite_io, data_spec, mean, std,
+             out):
     """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images."""
     from edgecnn.export import export_onnx, quantize_onnx, quantize_tflite
     from edgecnn.runtimes import runtime_logits
@@ -426,10 +435,11 @@ def quantize(model_path, formats, calib_samples, data_spec, mean, std, out):
             path = out / "model.int8.onnx"
             with tempfile.TemporaryDirectory() as tmp:
                 export_onnx(model, info.input_shape, Path(tmp) / "fp32.onnx")
-                quantize_onnx(Path(tmp) / "fp32.onnx", path, calib.numpy())
+                quantize_onnx(Path(tmp) / "fp32.onnx", path, calib.numpy(), fmt=onnx_format, activation=activation,
+                              method=method)
         elif fmt == "tflite":
             path = out / "model.int8.tflite"
-            quantize_tflite(model, info.input_shape, calib, path)
+            quantize_tflite(model, info.input_shape, calib, path, io=tflite_io)
         else:
             raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
         acc, _ = runtime_logits(path, data, data.test)

@@ -1,0 +1,96 @@
+"""Export: simplified ONNX keeps parity, TFLite float I/O, unsupported operators named with their layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from edgecnn import agent
+from edgecnn.data import load_data
+from edgecnn.export import export_onnx, quantize_tflite
+from edgecnn.models import ModelInfo, build_model, save_model
+from edgecnn.recipe import TrainConfig
+from edgecnn.runtimes import parity, runtime_logits
+from edgecnn.train import fit, predict
+
+ODD_NET = '''
+import torch
+import torch.nn as nn
+
+
+class Odd(nn.Module):
+    def forward(self, x):
+        return torch.cummax(x, dim=1)[0]
+
+
+class OddNet(nn.Module):
+    """A CNN with a layer (running maximum over channels) that neither exporter supports."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.odd = Odd()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.odd(self.conv(x)).mean((2, 3)))
+'''
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_data("mnist5k", 0.1, None, None)
+
+
+@pytest.fixture(scope="module")
+def small_cnn(mnist):
+    """lenet_small trained for one epoch on real MNIST digits."""
+    model = build_model(ModelInfo("lenet_small", input_shape=(1, 28, 28)))
+    fit(model, mnist, TrainConfig(epochs=1, batch_size=64, lr=0.05), seed=0, augment=False)
+    return model.eval()
+
+
+def test_simplified_onnx_keeps_parity(mnist, small_cnn, tmp_path):
+    import onnx
+
+    export_onnx(small_cnn, mnist.input_shape, tmp_path / "m.onnx", simplify=True)
+    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+    assert not list(tmp_path.glob("*.data")), "the ONNX file must be self-contained"
+    acc, logits = runtime_logits(tmp_path / "m.onnx", mnist, mnist.test)
+    check = parity(logits, predict(small_cnn, mnist, mnist.test).numpy(), "pytorch")
+    assert check["top1_agreement"] >= 0.995 and acc > 0.5
+
+
+def test_tflite_int8_float_io_matches_int8_io(mnist, small_cnn, tmp_path):
+    calib = mnist.normalize(mnist.train.x[:64])
+    for io in ("int8", "float"):
+        quantize_tflite(small_cnn, mnist.input_shape, calib, tmp_path / f"{io}.tflite", io=io)
+    rts = {io: agent.open_runtime(str(tmp_path / f"{io}.tflite"), 1) for io in ("int8", "float")}
+    assert rts["int8"].inp["dtype"] == np.int8 and rts["int8"].out["dtype"] == np.int8
+    assert rts["float"].inp["dtype"] == np.float32 and rts["float"].out["dtype"] == np.float32
+    ops = [o["op_name"] for o in rts["float"].interp._get_ops_details()]
+    assert ops[0] == "QUANTIZE" and "DEQUANTIZE" in ops and "CONV_2D" in ops
+    acc = {io: runtime_logits(tmp_path / f"{io}.tflite", mnist, mnist.test) for io in ("int8", "float")}
+    np.testing.assert_allclose(acc["float"][1], acc["int8"][1], atol=1e-5)
+    assert acc["float"][0] == acc["int8"][0] > 0.5
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_unsupported_operator_is_named_with_its_layer(fmt, tmp_path):
+    (tmp_path / "oddnet.py").write_text(ODD_NET)
+    info = ModelInfo(f"{tmp_path / 'oddnet.py'}:OddNet", input_shape=(1, 28, 28))
+    model = build_model(info)
+    save_model(model, info, tmp_path / "odd.pt")
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))  # it runs in PyTorch; only the exporters reject it
+    proc = run_cli("export", str(tmp_path / "odd.pt"), "--data", "mnist5k", "--format", fmt,
+                   "--out", str(tmp_path / "out"), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:") and "Traceback" not in proc.stderr
+    assert "cummax" in lines[-1] and "layer odd (Odd)" in lines[-1], lines[-1]
+    assert not Path(tmp_path / "out" / f"model.{fmt}").exists()
