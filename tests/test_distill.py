@@ -88,3 +88,23 @@ def test_distill_command_with_the_shared_teacher(tmp_path, cifar_small):
     model, info = load_model_file(out)
     assert info.spec == "cifar_resnet8" and info.kwargs == {"width": 8} and info.mean == [0.4914, 0.4822, 0.4465]
     assert model.conv1.out_channels == 8
+
+
+@pytest.mark.slow
+def test_cifar10_resnet56_recipe_end_to_end(tmp_path, cifar_small):
+    """The shipped recipe, shortened: shared teacher -> ResNet-20 -> pruned -> int8 ONNX/TFLite -> bench."""
+    import json
+
+    from conftest import REPO
+
+    needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
+    out = tmp_path / "run"
+    proc = run_cli("compress", str(REPO / "recipes" / "cifar10_resnet56.yaml"), "--out", str(out),
+                   "--set", f"data.spec=imagefolder:{cifar_small}", "--set", "distill.epochs=1",
+                   "--set", "prune.epochs=1", "--set", "bench.min_seconds=0.1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    models = {(m["name"], m["format"], m["precision"]): m for m in report["models"]}
+    teacher = models[("teacher", "pytorch", "fp32")]
+    assert teacher["accuracy"] > 0.75 and teacher["params"] == 855_770 and teacher["eval_samples"] == 300
+    assert any(k[1] == "tflite" and k[2] == "int8" for k in models)
