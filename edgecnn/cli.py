@@ -214,14 +214,15 @@ def _kwargs(text: str | None, name: str) -> dict:
 def _finish(model, info, data, out: Path, res) -> None:
     """Save and report on rank 0 only; under torchrun every rank says how much it trained."""
     from edgecnn.models import save_model
-    from edgecnn.train import _world, accuracy, predict
+    from edgecnn.train import accuracy, finish_distributed, predict, rank_and_world
 
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world > 1:
         click.echo(f"rank {rank}/{world}: trained on {res.history[-1]['images']} images per epoch", err=True)
     if rank == 0:
         save_model(model, info, out)
         click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
+    finish_distributed()
 
 
 def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: Path) -> Path:

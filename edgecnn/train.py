@@ -3,7 +3,8 @@
 Fast on the hardware at hand: bf16 autocast on CPUs that support it (AMX/AVX-512 BF16), CUDA
 mixed precision on GPUs, channels-last memory format, a one-cycle schedule, and augmentation on
 whole uint8 batches. Distillation is Hinton's soft-target loss (temperature, alpha) mixed with
-the hard-label loss, optionally plus attention transfer on feature maps of equal resolution.
+the hard-label loss, optionally plus a feature loss on maps of equal resolution: attention
+transfer (Zagoruyko & Komodakis) or FitNets hints (1x1-conv regressors trained jointly).
 Under torchrun (WORLD_SIZE > 1) the loop wraps the model in DistributedDataParallel and gives
 each process its own shard of every epoch.
 """
@@ -126,15 +127,18 @@ class FitResult:
     history: list[dict]
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torchrun)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def is_main_process() -> bool:
-    """True on rank 0 of a torchrun job (and always without one): the process that writes files."""
-    return _world()[0] == 0
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group (a no-op without torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def init_distributed() -> bool:
@@ -220,7 +224,7 @@ def fit(
     import time
 
     device = pick_device()
-    rank, world = _world()
+    rank, world = rank_and_world()
     model.to(device)
     if cfg.channels_last:
         _channels_last(model)
