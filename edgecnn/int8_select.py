@@ -53,7 +53,7 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict
         threads=bench.threads,
         warmup=bench.warmup,
         min_iters=bench.min_iters,
-        min_seconds=min(bench.min_seconds, 1.0),
+        min_seconds=min(bench.min_seconds, 0.5),
         logits_out=logits_out,
     )
     return {
