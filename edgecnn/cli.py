@@ -102,11 +102,13 @@ def _print_table(models: list[dict]) -> None:
 @click.option("--force", is_flag=True, help="Rerun every stage in an existing run directory.")
 def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, force: bool) -> None:
     """Run every stage of a recipe: teacher, distill, prune, export, quantize, benchmark, report."""
-    from edgecnn.pipeline import Context, run_stages
+    from edgecnn.pipeline import Context, open_run, run_stages
     from edgecnn.recipe import load_recipe, recipe_dict
     from edgecnn.report import build_report, write_report
     from edgecnn.stages import STAGES
 
+    if resume and force:
+        raise UserError("--resume and --force: give one; --resume reuses finished stages, --force redoes them all")
     rec = load_recipe(recipe, list(overrides))
     run_dir = out or Path("runs") / rec.name
     if run_dir.exists() and not run_dir.is_dir():
@@ -116,9 +118,10 @@ def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume:
             f"{run_dir}: run directory exists; add --resume to continue it, --force to redo it, or choose another --out"
         )
     ctx = Context(rec, run_dir)
-    status = run_stages(STAGES, ctx, resume=resume)
-    report = build_report(recipe_dict(rec), ctx.results, status, ctx.data.describe())
-    write_report(run_dir, report)
+    with open_run(ctx):  # inputs checked first; then locked, and a full disk is one `error:` line
+        status = run_stages(STAGES, ctx, resume=resume)
+        report = build_report(recipe_dict(rec), ctx.results, status, ctx.data.describe())
+        write_report(run_dir, report)
     _print_table(report["models"])
     click.echo(f"report: {run_dir / 'report.md'}")
 
