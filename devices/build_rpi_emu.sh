@@ -27,6 +27,12 @@ PKGS=(
   "$PY-minimal" "lib$PY-minimal" "lib$PY-stdlib"
 )
 
+# One builder at a time (two test sessions may start it together); the second finds it built.
+mkdir -p "$(dirname "$ROOT")"
+if command -v flock >/dev/null; then
+  exec 9>"$ROOT.lock"
+  flock 9
+fi
 if [ "$(cat "$ROOT/.complete" 2>/dev/null)" = "$BUILD" ]; then
   echo "rpi-emu: $ROOT is already built"
   exit 0
@@ -45,7 +51,7 @@ APT=(
   -o Dir::State::Lists="$WORK/lists" -o Dir::State::status="$WORK/status"
   -o Dir::Cache="$WORK/cache" -o Dir::Etc::sourcelist="$WORK/etc/sources.list"
   -o Dir::Etc::sourceparts="$WORK/etc/sources.list.d" -o Dir::Etc::preferencesparts="$WORK/etc/preferences.d"
-  -o Debug::NoLocking=1
+  -o Debug::NoLocking=1 -o APT::Sandbox::User=root
 )
 echo "rpi-emu: fetching the arm64 package lists of Debian $SUITE"
 apt-get "${APT[@]}" -qq update

@@ -28,8 +28,9 @@ def rpi_emu() -> EmulatedTransport:
     proc = subprocess.run(  # returns at once when the cached userland is up to date
         ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
     )
-    if proc.returncode != 0:
-        pytest.skip(f"could not build the ARM64 userland: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    if proc.returncode != 0:  # the last line that is not one of pip's warnings says why
+        why = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("WARNING")] or ["?"]
+        pytest.skip(f"could not build the ARM64 userland (bash devices/build_rpi_emu.sh): {why[-1][:200]}")
     reason = transport.probe()
     if reason:
         pytest.skip(f"rpi-emu is not usable here: {reason}")
