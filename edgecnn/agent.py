@@ -14,6 +14,7 @@ every accuracy and latency in a report is measured one way.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -23,7 +24,8 @@ import time
 
 import numpy as np
 
-AGENT_VERSION = 1
+AGENT_VERSION = 2
+WARMUP_SECONDS = 0.2
 
 
 def _rss_mb() -> float:
@@ -181,15 +183,29 @@ def evaluate(
 def measure_latency(
     rt, sample: np.ndarray, warmup: int, min_iters: int, min_seconds: float, max_iters: int = 100000
 ) -> dict:
-    """Batch-1 latency: warm-up, then at least `min_iters` runs and `min_seconds` of them."""
-    for _ in range(warmup):
-        rt.run(sample)
-    times: list[float] = []
+    """Batch-1 latency: warm-up, then at least `min_iters` runs and `min_seconds` of them.
+
+    The warm-up lasts at least `warmup` runs and WARMUP_SECONDS (caches, allocators and clocks
+    settle); the garbage collector is paused while timing so no run pays for a collection.
+    """
     start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter_ns()
+    done = 0
+    while done < warmup or time.perf_counter() - start < WARMUP_SECONDS:
         rt.run(sample)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+        done += 1
+    times: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
+            t0 = time.perf_counter_ns()
+            rt.run(sample)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     arr = np.array(times)
     return {
         "p50": float(np.percentile(arr, 50)),
@@ -198,7 +214,19 @@ def measure_latency(
         "mean": float(arr.mean()),
         "min": float(arr.min()),
         "iters": len(times),
+        "warmup_iters": done,
     }
+
+
+def pin_to_one_cpu() -> int | None:
+    """Pin this process to the last CPU it may use (no migrations between timed runs); None if it cannot."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, {cpus[-1]})
+        return cpus[-1]
+    except (AttributeError, OSError):
+        return None
 
 
 def run(
@@ -210,9 +238,14 @@ def run(
     min_iters: int = 50,
     min_seconds: float = 1.0,
     logits_out: str | None = None,
+    pin: bool = True,
 ) -> dict:
-    """Benchmark one model file on one evaluation batch; returns the JSON-able result."""
+    """Benchmark one model file on one evaluation batch; returns the JSON-able result.
+
+    With one thread (and `pin`) the process is pinned to one CPU first, which steadies latency.
+    """
     threads = threads or (os.cpu_count() or 1)
+    pinned_cpu = pin_to_one_cpu() if pin and threads == 1 else None
     with np.load(data) as z:
         x, y, mean, std = z["x"], z["y"], z["mean"].astype(np.float32), z["std"].astype(np.float32)
     base = _rss_mb()
@@ -233,6 +266,7 @@ def run(
         "runtime": rt.name,
         "providers": rt.providers,
         "threads": threads,
+        "pinned_cpu": pinned_cpu,
         "batch_size": 1,
         "accuracy": acc,
         "eval_samples": int(len(y)),
@@ -311,9 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-iters", type=int, default=50)
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--logits-out")
+    ap.add_argument("--no-pin", action="store_true", help="Do not pin a one-thread run to one CPU.")
     a = ap.parse_args(argv)
     try:
-        result = run(a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out)
+        result = run(
+            a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out, not a.no_pin
+        )
     except ImportError as e:
         print(json.dumps({"error": f"no runtime for {a.model}: {e}"}))
         return 3

@@ -1,0 +1,66 @@
+"""The device agent (edgecnn/agent.py) on a tiny real ONNX model: accuracy, latency method, CPU pinning."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edgecnn import agent
+from edgecnn.runtimes import AGENT_PATH
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """A Flatten "classifier" whose logits are the 4 pixels, and 64 images labelled by their brightest pixel."""
+    d = tmp_path_factory.mktemp("agent")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, d / "tiny.onnx")
+    rng = np.random.default_rng(0)
+    images = rng.permutation(np.tile(np.array([10, 60, 120, 250], np.uint8), (64, 1)), axis=1).reshape(64, 1, 2, 2)
+    labels = images.reshape(64, 4).argmax(1)
+    labels[:16] = (labels[:16] + 1) % 4  # a quarter wrong on purpose: accuracy 0.75
+    np.savez(d / "eval.npz", x=images, y=labels, mean=np.array([0.5]), std=np.array([0.25]))
+    return d / "tiny.onnx", d / "eval.npz"
+
+
+def test_run_measures_accuracy_and_latency(tiny):
+    model, npz = tiny
+    r = agent.run(str(model), str(npz), threads=1, warmup=3, min_iters=20, min_seconds=0.05, pin=False)
+    assert r["accuracy"] == 0.75 and r["eval_samples"] == 64 and r["runtime"].startswith("onnxruntime")
+    lat = r["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["iters"] >= 20
+    assert r["pinned_cpu"] is None and r["peak_memory_mb"] > 0 and r["load_ms"] > 0
+
+
+def test_warm_up_lasts_its_minimum_time_and_gc_is_restored(tiny):
+    model, _ = tiny
+    rt = agent.open_runtime(str(model), 1)
+    sample = np.zeros((1, 1, 2, 2), np.float32)
+    assert gc.isenabled()
+    lat = agent.measure_latency(rt, sample, warmup=1, min_iters=10, min_seconds=0.0)
+    assert gc.isenabled()
+    # 0.2 s of warm-up at a few microseconds a run is far more than the one run asked for
+    assert lat["warmup_iters"] > 100 and lat["iters"] == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_one_thread_runs_are_pinned_to_one_cpu(tiny):
+    model, npz = tiny
+    argv = [sys.executable, str(AGENT_PATH), "--model", str(model), "--data", str(npz), "--min-seconds", "0.05"]
+    pinned = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    assert pinned["pinned_cpu"] == max(os.sched_getaffinity(0))
+    free = json.loads(subprocess.run([*argv, "--no-pin"], capture_output=True, text=True, check=True).stdout)
+    assert free["pinned_cpu"] is None and free["accuracy"] == pinned["accuracy"] == 0.75
