@@ -100,12 +100,21 @@ def _print_table(models: list[dict]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value by dotted path.")
 @click.option("--resume", is_flag=True, help="Reuse finished stages of an interrupted run.")
 @click.option("--force", is_flag=True, help="Rerun every stage in an existing run directory.")
-def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, force: bool) -> None:
-    """Run every stage of a recipe: teacher, distill, prune, export, quantize, benchmark, report."""
+@click.option("--workers", type=click.IntRange(1, 1024), help="Sweeps: variants run at once (default: sweep.workers "
+              "or the machine's cores).")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS", help="Sweeps: run the variants on a Ray cluster "
+              "(auto: the running one, else a local one); needs edgecnn[ray].")
+def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, force: bool,
+             workers: int | None, ray_address: str | None) -> None:
+    """Run every stage of a recipe: teacher, distill, prune, export, quantize, benchmark, report.
+
+    A recipe with a `sweep:` section runs each variant into DIR/variants/<name>/ (stages the variants
+    share run once), then writes DIR/compare.md/.html/.json over them.
+    """
     from edgecnn.pipeline import Context, open_run, run_stages
-    from edgecnn.recipe import load_recipe, recipe_dict
-    from edgecnn.report import build_report, write_report
+    from edgecnn.recipe import load_recipe
     from edgecnn.stages import STAGES
+    from edgecnn.sweep import run_sweep, write_run_report
 
     if resume and force:
         raise UserError("--resume and --force: give one; --resume reuses finished stages, --force redoes them all")
@@ -117,11 +126,18 @@ def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume:
         raise UserError(
             f"{run_dir}: run directory exists; add --resume to continue it, --force to redo it, or choose another --out"
         )
+    if rec.sweep is not None:
+        summary = run_sweep(rec, recipe.resolve().parent, run_dir, force=force, workers=workers,
+                            ray_address=ray_address)
+        _print_compare(summary["compare"])
+        click.echo(f"sweep: {run_dir / 'sweep.json'}, comparison: {run_dir / 'compare.html'}")
+        return
+    if workers or ray_address:
+        raise UserError("--workers/--ray: only for recipes with a sweep section")
     ctx = Context(rec, run_dir)
     with open_run(ctx):  # inputs checked first; then locked, and a full disk is one `error:` line
         status = run_stages(STAGES, ctx, resume=resume)
-        report = build_report(recipe_dict(rec), ctx.results, status, ctx.data.describe())
-        write_report(run_dir, report)
+        report = write_run_report(ctx, status)
     _print_table(report["models"])
     click.echo(f"report: {run_dir / 'report.md'}")
 
@@ -557,14 +573,44 @@ def _eval_npz(data_spec: str, mean: str | None, std: str | None, folder: Path) -
 
 
 @main.command(epilog=_example("compare"))
-@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path))
-@click.option("--max-latency-ms", type=float)
-@click.option("--max-size-kb", type=float)
-@click.option("--device")
-def compare(runs, out, max_latency_ms, max_size_kb, device):
-    """Size / accuracy / latency table and Pareto front across runs; the best model under budgets."""
-    raise UserError("compare comes in a later version of edgecnn; read each run's report.md")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True,
+              help="Folder for compare.md, compare.html (self-contained), compare.json and the plots.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="Budget: p50 latency.")
+@click.option("--max-size-kb", type=click.FloatRange(min=0, min_open=True), help="Budget: model file size.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Budget: top-1 accuracy, 0..1.")
+@click.option("--device", help="Only models measured on this device (e.g. local-cpu, rpi-emu).")
+@click.option("--json", "as_json", is_flag=True, help="Print compare.json instead of the table.")
+def compare(runs, out, max_latency_ms, max_size_kb, min_accuracy, device, as_json):
+    """Size / accuracy / latency table and Pareto fronts across runs; the best model under budgets.
+
+    RUN may be a run directory, its report.json, or a sweep directory (standing for its variants).
+    """
+    from edgecnn.compare import Budget, compare_runs
+
+    result = compare_runs(list(runs), out, Budget(max_latency_ms, max_size_kb, min_accuracy, device))
+    if as_json:
+        click.echo((out / "compare.json").read_text())
+        return
+    _print_compare(result)
+    click.echo(f"comparison: {out / 'compare.md'}, {out / 'compare.html'}")
+
+
+def _print_compare(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecnn.compare import COLUMNS, table_rows
+
+    table = Table(*COLUMNS, title="edgecnn compare")
+    for r, row in zip(result["rows"], table_rows(result["rows"]), strict=True):
+        table.add_row(*row, style="bold green" if r.get("best") else None)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+    if result.get("budget"):
+        click.echo(("" if result["budget"]["met"] else "no model meets the budget: ") + result["budget"]["message"])
 
 
 @main.command(epilog=_example("devices"))

@@ -150,6 +150,31 @@ class BenchConfig(Section):
     min_seconds: float = Field(1.0, ge=0, le=3600)
 
 
+class SweepConfig(Section):
+    """Variants of the recipe: a grid of dotted keys to value lists, and/or a list of key-to-value mappings.
+
+    With both, every list entry is combined with every grid point. A list entry may carry a `name`.
+    """
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    workers: int | None = Field(None, ge=1, le=1024, description="parallel variants (None: the machine's cores)")
+
+    @model_validator(mode="after")
+    def _something(self) -> SweepConfig:
+        if not self.grid and not self.variants:
+            raise ValueError("give sweep.grid (key: [values]) and/or sweep.variants (a list of {key: value})")
+        for key, values in self.grid.items():
+            if not key.strip(".") or not values:
+                raise ValueError(f"grid key {key!r} needs a non-empty list of values")
+            if key.split(".")[0] in ("sweep", "name"):
+                raise ValueError(f"grid key {key!r}: a sweep cannot vary {key.split('.')[0]}")
+        for i, v in enumerate(self.variants):
+            if not any(k != "name" for k in v):
+                raise ValueError(f"variants[{i}] sets no key; give e.g. {{prune.ratio: 0.5}}")
+        return self
+
+
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -162,7 +187,7 @@ class Recipe(Section):
     quantize: QuantizeConfig | None = QuantizeConfig()
     export: ExportConfig | None = ExportConfig()
     bench: BenchConfig = BenchConfig()
-    sweep: dict[str, Any] | None = None
+    sweep: SweepConfig | None = None
 
     @field_validator("data", mode="before")
     @classmethod
