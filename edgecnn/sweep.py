@@ -132,7 +132,7 @@ def plan_shared(variants: list[Variant], run_dir: Path) -> list[list[SharedJob]]
     from edgecnn.stages import STAGES
 
     levels: list[list[SharedJob]] = []
-    latest: dict[str, Path] = {}
+    latest: dict[str, SharedJob] = {}
     for k, stage in enumerate(STAGES[:-1]):  # the bench stage (and report) belongs to each variant
         groups: dict[str, list[Variant]] = {}
         for v in variants:
@@ -141,11 +141,16 @@ def plan_shared(variants: list[Variant], run_dir: Path) -> list[list[SharedJob]]
         for sig, members in groups.items():
             if len(members) < 2 or not stage.enabled(members[0].recipe):
                 continue
+            names = [m.name for m in members]
+            parent = latest.get(names[0])
+            if parent is not None and parent.members == names:  # same group as before: one job runs both
+                parent.upto = k + 1
+                continue
             folder = run_dir / "shared" / f"{k}-{stage.name}-{sig[:12]}"
-            jobs.append(SharedJob(folder, k + 1, [m.name for m in members], latest.get(members[0].name),
-                                  members[0].recipe))
+            job = SharedJob(folder, k + 1, names, parent and parent.folder, members[0].recipe)
+            jobs.append(job)
             for m in members:
-                latest[m.name] = folder
+                latest[m.name] = job
                 m.shared_from = folder
         if jobs:
             levels.append(jobs)
