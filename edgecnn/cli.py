@@ -337,7 +337,8 @@ def distill(
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def prune(
-    model_path, ratio, macs_reduction, importance, round_to, data_spec, mean, std, epochs, lr, batch_size, seed, out
+    model_path, ratio, macs_reduction, params_budget, latency_budget_ms, latency_device, importance, global_pruning,
+    steps, round_to, keep, data_spec, mean, std, epochs, lr, batch_size, seed, out
 ):
     """Remove channels (Torch-Pruning), fine-tune distilling from the unpruned model, save reloadably."""
     from pydantic import ValidationError
@@ -345,8 +346,15 @@ def prune(
     from edgecnn.models import load_model_file
     from edgecnn.pipeline import Context, run_stages
     from edgecnn.recipe import Recipe
+@click.option("--params-budget", type=int, help="Target: at most this many parameters.")
+@click.option("--latency-budget-ms", type=float, help="Target: batch-1 p50 ms on --latency-device (timed).")
+@click.option("--latency-device", default="local-cpu", show_default=True, help="local-cpu or local-gpu.")
     from edgecnn.stages import PruneStage
+@click.option("--global-pruning/--uniform", default=False, show_default=True,
+              help="Rank channels across layers, or prune every layer alike.")
+@click.option("--steps", type=int, default=1, show_default=True, help="Iterative steps, fine-tuning between them.")
 
+@click.option("--keep", "keep", multiple=True, metavar="LAYER", help="A layer name kept whole (repeatable).")
     model, info = load_model_file(model_path)
     try:
         rec = Recipe(
@@ -374,8 +382,14 @@ def prune(
         raise UserError(f"--{err['loc'][-1]}: {err['msg']}") from None
     with tempfile.TemporaryDirectory() as tmp:
         teacher_dir = Path(tmp) / "teacher"
+                "params_budget": params_budget,
+                "latency_budget_ms": latency_budget_ms,
+                "latency_device": latency_device,
         teacher_dir.mkdir()
+                "global_pruning": global_pruning,
+                "iterative_steps": steps,
         shutil.copy(model_path, teacher_dir / "model.pt")
+                "ignored_layers": list(keep),
         ctx = Context(rec, Path(tmp))
         ctx.results["teacher"] = {"model_file": "model.pt", "_hash": "input"}
         run_stages([PruneStage()], ctx, resume=False)
@@ -384,7 +398,8 @@ def prune(
         shutil.copy(Path(tmp) / "prune" / "model.pt", out)
     click.echo(
         f"{out}: MACs {r['macs_before']:,} -> {r['macs_after']:,} ({r['macs_reduction']:.2f}x), "
-        f"params {r['params_before']:,} -> {r['params_after']:,}, test accuracy {r['accuracy']:.4f}"
+        f"params {r['params_before']:,} -> {r['params_after']:,}, torch p50 {r['latency']['p50_ms_before']:.3f} -> "
+        f"{r['latency']['p50_ms_after']:.3f} ms ({r['latency']['speedup']:.2f}x), test accuracy {r['accuracy']:.4f}"
     )
 
 

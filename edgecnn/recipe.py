@@ -82,6 +82,9 @@ class PruneConfig(TrainConfig):
     ratio: float | None = Field(0.3, ge=0, lt=1, description="fraction of channels removed")
     macs_reduction: float | None = Field(None, ge=1, description="e.g. 2 for 2x fewer MACs")
     params_budget: int | None = Field(None, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0, description="batch-1 p50 on latency_device, measured")
+    latency_device: str = "local-cpu"
+    latency_threads: int = Field(1, ge=0, le=256, description="threads when timing (0: all cores)")
     importance: Literal["magnitude", "bn_scale", "taylor"] = "magnitude"
     global_pruning: bool = False
     iterative_steps: int = Field(1, ge=1, le=100)
@@ -91,9 +94,9 @@ class PruneConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
-        targets = [self.macs_reduction, self.params_budget]
+        targets = [self.macs_reduction, self.params_budget, self.latency_budget_ms]
         if sum(t is not None for t in targets) > 1:
-            raise ValueError("give only one of macs_reduction or params_budget")
+            raise ValueError("give only one of macs_reduction, params_budget or latency_budget_ms")
         return self
 
 

@@ -1,0 +1,200 @@
+"""Pruning on real architectures: each pruned model runs, exports to ONNX and TFLite and matches
+itself there; pruned files reload in a fresh process; targets and unreachable targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+from edgecnn import agent
+from edgecnn.errors import UserError
+from edgecnn.export import export_onnx, export_tflite
+from edgecnn.models import ModelInfo, build_model, count_macs_params, load_model_file, save_model
+from edgecnn.pruning import ChannelPruner, kept_layers, latency_timer
+from edgecnn.recipe import PruneConfig
+from edgecnn.stages.prune import find_ratio
+
+USER_MODEL = str(REPO / "tests" / "models" / "edge_blocks.py") + ":EdgeNet"
+TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
+               "regnet_x_400mf"]
+SPECS = {**{a: (f"torchvision:{a}", {}) for a in TORCHVISION},
+         "cifar_resnet56": (str(REPO.parent / "shared" / "models" / "cifar_resnet.py") + ":CifarResNet", {"depth": 56}),
+         "cifar_resnet20": ("cifar_resnet20", {}),
+         "edgenet": (USER_MODEL, {}),
+         "edgenet_no_shuffle": (USER_MODEL, {"shuffle": False})}
+SHAPE = (3, 64, 64)
+
+
+def pruned(name: str, ratio: float = 0.4, round_to: int | None = 8):
+    """(info, unpruned copy, pruned model, pruner) of a named architecture, seeded."""
+    spec, kwargs = SPECS[name]
+    shape = (3, 32, 32) if name.startswith("cifar") else SHAPE
+    if spec.startswith("/") and not (REPO.parent / "shared").is_dir():
+        pytest.skip("needs ../shared/models")
+    info = ModelInfo(spec, kwargs, 10, shape)
+    torch.manual_seed(0)
+    model = build_model(info).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so pruned channels matter
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.2, 1.0)
+    before = build_model(info).eval()
+    before.load_state_dict(model.state_dict())
+    example = torch.zeros(1, *shape)
+    pruner = ChannelPruner(model, example, ratio=ratio, round_to=round_to, ignored=kept_layers(model, [], 10))
+    pruner.step()
+    return info, before, model.eval(), pruner
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_pruned_model_runs_with_fewer_macs(name):
+    info, before, model, pruner = pruned(name)
+    macs0, params0 = count_macs_params(before, info.input_shape)
+    macs1, params1 = count_macs_params(model, info.input_shape)
+    assert macs1 < 0.85 * macs0 and params1 < params0, (macs0, macs1)
+    with torch.no_grad():
+        out = model(torch.randn(2, *info.input_shape))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert model.fc.out_features == 10 if hasattr(model, "fc") and hasattr(model.fc, "out_features") else True
+    # the shuffle defeats Torch-Pruning's graph: those models fall back to block-wise pruning
+    assert pruner.mode == ("blocks" if name in ("shufflenet_v2_x1_0", "edgenet") else "graph")
+
+
+def test_shufflenet_keeps_the_shuffled_trunk_and_prunes_inside_branches():
+    _, before, model, _ = pruned("shufflenet_v2_x1_0")
+    for b0, b1 in zip(before.stage3, model.stage3, strict=True):
+        assert b1.branch2[0].out_channels < b0.branch2[0].out_channels  # inside the branch: pruned
+        assert b1.branch2[5].out_channels == b0.branch2[5].out_channels  # into the shuffle: whole
+        assert b1.branch2[0].out_channels % 8 == 0
+
+
+def grouped_convs_stay_divisible(model) -> bool:
+    return all(m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
+               for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_user_model_layers_stay_consistent():
+    _, before, model, _ = pruned("edgenet_no_shuffle", ratio=0.5, round_to=None)
+    assert grouped_convs_stay_divisible(model)
+    assert model.res1.dw[0].groups == model.res1.dw[0].out_channels < before.res1.dw[0].out_channels  # depthwise
+    assert model.res1.se.fc2.out_channels == model.res1.dw[0].out_channels  # SE follows its block
+    assert model.mix.b[1][0].out_channels < before.mix.b[1][0].out_channels  # grouped conv inside a concat
+
+
+def export_and_compare(name: str, tmp_path, formats=("onnx", "tflite")) -> None:
+    info, _, model, _ = pruned(name)
+    x = torch.randn(3, *info.input_shape)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for fmt in formats:
+        path = tmp_path / f"{name}.{fmt}"
+        (export_onnx if fmt == "onnx" else export_tflite)(model, info.input_shape, path)
+        rt = agent.open_runtime(str(path), 1)
+        got = np.concatenate([rt.run(x[i : i + 1].numpy()) for i in range(len(x))])
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), (fmt, np.abs(got - ref).max())
+        assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "edgenet"])
+def test_pruned_model_matches_itself_in_onnxruntime_and_litert(name, tmp_path):
+    export_and_compare(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in SPECS if n not in ("shufflenet_v2_x1_0", "edgenet")])
+def test_every_pruned_architecture_matches_itself_when_exported(name, tmp_path):
+    export_and_compare(name, tmp_path)
+
+
+def test_pruned_file_reloads_in_a_fresh_process(tmp_path):
+    info, before, model, _ = pruned("edgenet")
+    path = tmp_path / "pruned.pt"
+    save_model(model, info, path)
+    x = torch.randn(2, *info.input_shape)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        np.save(tmp_path / "ref.npy", model(x).numpy())
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the classic failure this file format avoids
+        before.load_state_dict(model.state_dict())
+    code = (
+        "import sys, json, numpy as np, torch\n"
+        "from edgecnn.models import load_model_file\n"
+        "m, info = load_model_file(sys.argv[1])\n"
+        "x = torch.load(sys.argv[2], weights_only=True)\n"
+        "with torch.no_grad(): out = m(x).numpy()\n"
+        "print(json.dumps({'diff': float(np.abs(out - np.load(sys.argv[3])).max()), 'spec': info.spec}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(tmp_path / "ref.npy")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["diff"] == 0.0 and result["spec"] == USER_MODEL
+
+
+def test_targets_are_met_by_searching_the_ratio():
+    info = ModelInfo("cifar_resnet20", {}, 10, (3, 32, 32))
+    model, x = build_model(info).eval(), torch.zeros(1, 3, 32, 32)
+    macs0, params0 = count_macs_params(model, info.input_shape)
+    cfg = PruneConfig(macs_reduction=2)
+    ratio, log = find_ratio(model, cfg, x, 10)
+    pruner = ChannelPruner(model, x, ratio=ratio, ignored=kept_layers(model, [], 10))
+    pruner.step()
+    macs1 = count_macs_params(model, info.input_shape)[0]
+    assert macs0 / macs1 >= 2 and macs0 / macs1 < 2.4 and log["target"] == "macs_reduction"
+    with pytest.raises(UserError, match=r"smallest reachable value is [\d,]+ parameters"):
+        find_ratio(build_model(info), PruneConfig(params_budget=10), x, 10)
+
+
+def test_latency_budget_is_timed_while_searching():
+    info = ModelInfo("cifar_resnet20", {}, 10, (3, 32, 32))
+    model, x = build_model(info).eval(), torch.zeros(1, 3, 32, 32)
+    timer = latency_timer(1, "local-cpu")
+    base = timer(model, x)
+    cfg = PruneConfig(latency_budget_ms=0.7 * base)
+    ratio, log = find_ratio(model, cfg, x, 10, timer=timer)
+    assert 0 < ratio < 0.95 and log["target"] == "latency_budget_ms"
+    assert any(t["value"] <= cfg.latency_budget_ms and t["ratio"] == round(ratio, 4) for t in log["tried"])
+    with pytest.raises(UserError, match=r"prune.latency_budget_ms: .* smallest reachable value is [\d.]+ ms p50"):
+        find_ratio(model, PruneConfig(latency_budget_ms=1e-4), x, 10, timer=timer)
+    with pytest.raises(UserError, match="prune.latency_device"):
+        latency_timer(1, "rpi4")
+
+
+@pytest.fixture(scope="module")
+def lenet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prune") / "lenet.pt"
+    info = ModelInfo("lenet", {}, 10, (1, 28, 28), [0.1307], [0.3081])
+    torch.manual_seed(0)
+    save_model(build_model(info), info, path)
+    return path
+
+
+def test_cli_prunes_to_a_mac_target_and_the_file_reloads(lenet_file, tmp_path):
+    out = tmp_path / "pruned.pt"
+    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", "--macs-reduction", "2", "--epochs", "1",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "x), params" in proc.stdout and "torch p50" in proc.stdout
+    model, info = load_model_file(out)
+    macs0 = count_macs_params(load_model_file(lenet_file)[0], info.input_shape)[0]
+    assert macs0 / count_macs_params(model, info.input_shape)[0] >= 2
+
+
+@pytest.mark.parametrize("args, field", [(["--macs-reduction", "1000"], "prune.macs_reduction"),
+                                         (["--latency-budget-ms", "0.00001"], "prune.latency_budget_ms")])
+def test_cli_unreachable_target_is_one_error_line(lenet_file, tmp_path, args, field):
+    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", *args, "--epochs", "0",
+                   "--out", str(tmp_path / "x.pt"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}") and "smallest reachable value" in lines[0]
+    assert not (tmp_path / "x.pt").exists()
