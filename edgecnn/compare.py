@@ -248,9 +248,10 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
                                 (axes[1], "size_kb", "size", "model file size (KB)")):
         pts = [r for r in rows if r[key] is not None]
         for r in pts:
-            ax.scatter(r[key], 100 * r["accuracy"], color=colour[r["run"]], marker=marker.get(r["format"], "D"),
-                       s=60 if tag in r["front"] else 25, edgecolors="black" if tag in r["front"] else "none",
-                       alpha=0.85, facecolors="none" if r["precision"] != "int8" else None)
+            on = tag in r["front"]
+            ax.scatter(r[key], 100 * r["accuracy"], marker=marker.get(r["format"], "D"), s=70 if on else 30,
+                       facecolors=colour[r["run"]] if r["precision"] == "int8" else "none",
+                       edgecolors=colour[r["run"]], linewidths=2 if on else 1, alpha=0.9)
         front = sorted((r for r in pts if tag in r["front"]), key=lambda r: r[key])
         if front:
             ax.step([r[key] for r in front], [100 * r["accuracy"] for r in front], where="post", color="black",
@@ -267,7 +268,7 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
     handles = [plt.Line2D([], [], color=colour[r], marker="o", ls="", label=r) for r in runs]
     handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f) for f, m in marker.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=7, frameon=False)
-    fig.suptitle(f"accuracy vs latency and size on {device} (filled: int8, hollow: fp32; outlined: on the front)",
+    fig.suptitle(f"accuracy vs latency and size on {device} (filled: int8, hollow: fp32; large: on the front)",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     with atomic_path(path) as tmp:
