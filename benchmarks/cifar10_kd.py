@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from edgecnn.data import Dataset, Split, batches, load_data
 from edgecnn.environment import environment
-from edgecnn.models import ModelInfo, build_model, count_macs_params, load_weights
+from edgecnn.models import ModelInfo, build_model, count_macs_params, load_weights, save_model
 from edgecnn.recipe import DistillConfig, TrainConfig
 from edgecnn.train import accuracy, fit, predict
 
@@ -64,6 +64,8 @@ def data_path_images_per_s(split: Split, data: Dataset, batch_size: int) -> dict
     from torchvision import transforms
 
     g = torch.Generator().manual_seed(0)
+    for xb, _ in batches(split.head(2 * batch_size), batch_size, shuffle=True, augment=True, generator=g):
+        data.normalize(xb)  # warm-up
     t0 = time.perf_counter()
     for xb, _ in batches(split, batch_size, shuffle=True, augment=True, generator=g):
         data.normalize(xb)
@@ -77,6 +79,7 @@ def data_path_images_per_s(split: Split, data: Dataset, batch_size: int) -> dict
         ]
     )
     pil = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in split.x]
+    torch.stack([tf(im) for im in pil[: 2 * batch_size]])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(pil), batch_size):
         torch.stack([tf(im) for im in pil[i : i + batch_size]])
@@ -116,7 +119,13 @@ def main() -> None:
     ap.add_argument("--throughput-images", type=int, default=128 * 40)
     ap.add_argument("--train-images", type=int, help="limit the training split (a quick smoke run)")
     ap.add_argument("--eval-images", type=int, help="limit the test split (a quick smoke run)")
+    ap.add_argument("--save-student", type=Path, default=Path("~/.cache/edgecnn/bench/resnet20_cifar10_kd.pt"),
+                    help="where the distilled student is saved (an edgecnn model file, for cifar10_int8.py)")
     args = ap.parse_args()
+    command = " ".join(["python benchmarks/cifar10_kd.py", f"--epochs {args.epochs}", f"--seed {args.seed}",
+                        f"--throughput-images {args.throughput_images}"]
+                       + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("train_images", "eval_images")
+                          if getattr(args, k) is not None])
     if not MODELS.is_dir():
         raise SystemExit(f"{MODELS}: the shared teacher is missing; this benchmark needs ../shared/models")
     teacher, meta = teacher_model()
@@ -125,7 +134,7 @@ def main() -> None:
     data.train, data.test = data.train.head(args.train_images), data.test.head(args.eval_images)
     result: dict = {
         "benchmark": "cifar10_kd",
-        "command": f"python benchmarks/cifar10_kd.py --epochs {args.epochs} --seed {args.seed}",
+        "command": command,
         "limits": {"train_images": args.train_images, "eval_images": args.eval_images},
         "environment": environment(),
         "data": {**data.describe(), "load_s": round(time.perf_counter() - t0, 2)},
@@ -141,8 +150,9 @@ def main() -> None:
                          "accuracy_claimed_in_json": meta["test_acc_fp32"]}
     kd = DistillConfig(**cfg.model_dump(), temperature=4.0, alpha=0.9)
     runs = {}
+    info = ModelInfo("cifar_resnet20", {}, 10, data.input_shape, list(data.mean), list(data.std))
     for name, kwargs in (("labels_only", {}), ("distilled", {"teacher": teacher, "kd": kd})):
-        student = build_model(ModelInfo("cifar_resnet20", {}, 10, data.input_shape))
+        student = build_model(info)
         t0 = time.perf_counter()
         res = fit(student, data, kd if kwargs else cfg, seed=args.seed, augment=True, label=name, **kwargs)
         runs[name] = {
@@ -153,6 +163,10 @@ def main() -> None:
             "history": res.history,
         }
         print(name, runs[name]["accuracy"], runs[name]["train_s"], flush=True)
+    save_student = args.save_student.expanduser()
+    save_student.parent.mkdir(parents=True, exist_ok=True)
+    save_model(student, info, save_student)  # the distilled one, the loop's last
+    result["saved_student"] = str(save_student)
     macs, params = count_macs_params(build_model(ModelInfo("cifar_resnet20", {}, 10, data.input_shape)), (3, 32, 32))
     t_acc = result["teacher"]["accuracy"]
     result["student"] = {"model": "cifar_resnet20", "params": params, "macs": macs, "epochs": args.epochs,
@@ -160,13 +174,24 @@ def main() -> None:
                          "distill": {"temperature": kd.temperature, "alpha": kd.alpha, "feature_loss": kd.feature_loss},
                          **runs}
     gain = runs["distilled"]["accuracy"] - runs["labels_only"]["accuracy"]
+    gap = t_acc - runs["distilled"]["accuracy"]
+    speedup = result["throughput"]["speedup"]
+    budget = (f"{len(data.train)} training images x {args.epochs} epochs per student "
+              f"(the 2-core CPU budget of this run)")
     result["targets"] = {
-        "distilled_minus_labels_only_points": round(100 * gain, 2),
-        "distilled_gain_at_least_0.5_points": gain >= 0.005,
-        "teacher_minus_distilled_points": round(100 * (t_acc - runs["distilled"]["accuracy"]), 2),
-        "distilled_within_1.5_points_of_teacher": t_acc - runs["distilled"]["accuracy"] <= 0.015,
-        "loop_speedup": result["throughput"]["speedup"],
-        "loop_at_least_2x_plain_fp32": result["throughput"]["speedup"] >= 2.0,
+        "distilled_gain_at_least_0.5_points": {
+            "measured_points": round(100 * gain, 2), "met": gain >= 0.005,
+            "reason": f"equal epochs, seed and schedule; {budget}"},
+        "distilled_within_1.5_points_of_teacher": {
+            "measured_points": round(100 * gap, 2), "met": gap <= 0.015,
+            "reason": (f"teacher measured here at {100 * t_acc:.2f}%; " + budget
+                       + ("" if gap <= 0.015 else "; a ResNet-20 needs ~100+ full epochs to approach a ResNet-56"))},
+        "loop_at_least_2x_plain_fp32": {
+            "measured_speedup": speedup, "met": speedup >= 2.0,
+            "reason": (f"edgecnn loop ran in {result['throughput']['edgecnn_loop']['precision']}"
+                       + ("" if result["throughput"]["edgecnn_loop"]["precision"] != "fp32" else
+                          " because this CPU has no native bf16 (no AVX-512 BF16/AMX), so the gain is channels-last "
+                          "alone; the 2x needs bf16 hardware or a GPU"))},
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"teacher": t_acc, **result["targets"]}, indent=2))
