@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -131,15 +132,22 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle_errors() as e:
-        msg = (
-            str(e).splitlines()[0][:160]
-            if "weights_only" in str(e) or "Unsupported" in str(e)
-            else e.__class__.__name__
-        )
         raise UserError(
-            f"{path}: refused or unreadable checkpoint ({msg}); edgecnn loads weights only "
+            f"{path}: unreadable checkpoint: {checkpoint_problem(e)}; edgecnn loads weights only "
             "(torch.load weights_only=True), save a state_dict with torch.save(model.state_dict(), path)"
         ) from None
+
+
+def checkpoint_problem(e: BaseException) -> str:
+    """What a failed torch.load(weights_only=True) says, in a few words: pickled code, or a broken file."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it pickles Python objects ({found.group(1)}), which weights_only=True refuses"
+    broken = ("Unsupported operand", "invalid load key", "zip archive", "central directory", "truncated", "EOF")
+    if isinstance(e, (EOFError, zipfile.BadZipFile)) or any(b in text for b in broken):
+        return "the file is corrupt, truncated or not a PyTorch checkpoint"
+    return f"{e.__class__.__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
 def pickle_errors() -> tuple[type[BaseException], ...]:

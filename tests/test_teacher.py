@@ -142,3 +142,56 @@ def test_bench_takes_a_class_file_or_torchscript(cifar_small):
     py, ts = results
     assert py["eval_samples"] == ts["eval_samples"] == 300 and py["accuracy"] == pytest.approx(ts["accuracy"], abs=0.01)
     assert py["accuracy"] > 0.75 and py["size_bytes"] == STATE_DICT.stat().st_size and py["model"] == PY_CLASS
+
+
+TINY_VGG = """
+import torch.nn as nn
+
+
+class TinyVGG(nn.Module):
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(2 * c, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+"""
+
+
+def test_another_architecture_as_class_file_and_torchscript(tmp_path, cifar_small):
+    """A VGG-style teacher edgecnn has never seen: class file + kwargs + state_dict, and its TorchScript, agree."""
+    import importlib.util
+
+    (tmp_path / "vgg.py").write_text(TINY_VGG)
+    spec = importlib.util.spec_from_file_location("vgg_for_test", tmp_path / "vgg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.TinyVGG(width=12).eval()
+    torch.save(net.state_dict(), tmp_path / "vgg.pt")
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), str(tmp_path / "vgg.ts"))
+    py = _teacher_result(tmp_path / "a", cifar_small,
+                         {"model": f"{tmp_path / 'vgg.py'}:TinyVGG", "kwargs": {"width": 12},
+                          "weights": str(tmp_path / "vgg.pt")})
+    ts = _teacher_result(tmp_path / "b", cifar_small, {"model": str(tmp_path / "vgg.ts")})
+    assert py["params"] == ts["params"] == sum(p.numel() for p in net.parameters())
+    assert py["accuracy"] == pytest.approx(ts["accuracy"], abs=1e-9) and py["eval_samples"] == 300
+    model, _ = load_model_file(tmp_path / "a" / "run" / "teacher" / py["model_file"])
+    assert torch.equal(model.state_dict()["classifier.weight"], net.state_dict()["classifier.weight"])
+    # the same state_dict with the class's default width does not fit: one error line naming the file
+    proc = _distill(tmp_path, cifar_small, "--teacher", f"{tmp_path / 'vgg.py'}:TinyVGG",
+                    "--teacher-weights", str(tmp_path / "vgg.pt"))
+    _one_error(proc, "vgg.pt", "does not fit", "(12, 3, 3, 3)")
+
+
+def test_pickled_whole_model_is_refused_by_name(tmp_path, cifar_small):
+    """weights_only=True: a checkpoint holding pickled Python objects is refused, naming what it pickles."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    proc = _distill(tmp_path, cifar_small, "--teacher", "torchvision:resnet18",
+                    "--teacher-weights", str(tmp_path / "whole.pt"))
+    _one_error(proc, "whole.pt", "pickles Python objects", "torch.nn.modules.linear.Linear", "state_dict")
