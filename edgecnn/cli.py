@@ -42,6 +42,14 @@ class Group(click.Group):
         debug = "--debug" in sys.argv
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:  # a bad option or argument: one line too, naming the command
+            if debug:
+                raise
+            where = e.ctx.command_path if e.ctx else "edgecnn"
+            click.echo(f"error: {where}: {e.format_message()} (see {where} --help)", err=True)
+            sys.exit(2)
         except UserError as e:
             if debug:
                 raise
@@ -57,13 +65,19 @@ class Group(click.Group):
             )
             sys.exit(2)
         except OSError as e:
-            if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            if debug:
                 raise
-            click.echo(
-                f"error: {e.filename or 'disk'}: {e.strerror}; free space or choose another --out "
-                "(finished stages are kept; rerun with --resume)",
-                err=True,
-            )
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                click.echo(
+                    f"error: {e.filename or 'disk'}: {e.strerror}; free space or choose another --out "
+                    "(finished stages are kept; rerun with --resume)",
+                    err=True,
+                )
+                sys.exit(2)
+            if e.filename is None or e.errno is None:
+                raise
+            # a path the user gave that cannot be used (not a folder, read-only, no permission, too long)
+            click.echo(f"error: {e.filename}: {e.strerror}; check the path or choose another --out", err=True)
             sys.exit(2)
 
 
@@ -186,7 +200,7 @@ def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None, **extra
         return cls(**values)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{err['loc'][0]}: {err['msg']}") from None
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
 
 
 def train_options(f):
@@ -379,7 +393,7 @@ def prune(
         )
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{err['loc'][-1]}: {err['msg']}") from None
+        raise UserError(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
     with tempfile.TemporaryDirectory() as tmp:
         teacher_dir = Path(tmp) / "teacher"
                 "params_budget": params_budget,
@@ -487,8 +501,8 @@ def quantize(model_path, formats, calib_samples, onnx_format, activation, method
 @click.option(
     "--device", default="local-cpu", show_default=True, help="local-cpu, local-gpu, rpi-emu, a profile or ssh://..."
 )
-@click.option("--threads", type=int, default=1, show_default=True, help="0: all cores.")
-@click.option("--min-seconds", type=float, default=1.0, show_default=True)
+@click.option("--threads", type=click.IntRange(0, 256), default=1, show_default=True, help="0: all cores.")
+@click.option("--min-seconds", type=click.FloatRange(0, 3600), default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict for file.py:Class / torchvision:NAME.")
 @click.option("--kwargs", "kwargs_text", help="Constructor arguments (YAML mapping) when MODEL is file.py:Class.")

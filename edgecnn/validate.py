@@ -98,9 +98,11 @@ def preflight(ctx: Context) -> None:
     costs a training run, and nothing in an existing run directory is touched before it is found.
     """
     from edgecnn.models import build_model, load_weights
+    from edgecnn.stages.bench import check_bench_device
     from edgecnn.stages.teacher import data_model_info, load_user_model
 
     recipe = ctx.recipe
+    check_bench_device(recipe.bench.device)
     data = ctx.data
     t = recipe.teacher
     teacher = None

@@ -63,6 +63,23 @@ def candidates(ctx: Context) -> list[dict]:
     return out
 
 
+def check_bench_device(device: str) -> None:
+    """Refuse a bench.device the pipeline cannot measure on here (checked before any stage runs)."""
+    if device not in LOCAL_DEVICES:
+        raise UserError(
+            f"bench.device: {device!r} is not a local device; use local-cpu, "
+            "and `edgecnn deploy RUN --device NAME` for other devices"
+        )
+    if device == "local-gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                "bench.device: local-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+                "use local-cpu"
+            )
+
+
 class BenchStage(Stage):
     name = "bench"
     reads = ("teacher", "distill", "prune", "export", "quantize")
@@ -72,19 +89,7 @@ class BenchStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench
-        if cfg.device not in LOCAL_DEVICES:
-            raise UserError(
-                f"bench.device: {cfg.device!r} is not a local device; use local-cpu, "
-                "and `edgecnn deploy RUN --device NAME` for other devices"
-            )
-        if cfg.device == "local-gpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError(
-                    "bench.device: local-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
-                    "use local-cpu"
-                )
+        check_bench_device(cfg.device)
         npz = out / "eval.npz"
         write_eval_npz(ctx.data, eval_split(ctx), npz)
         models = []
