@@ -23,6 +23,17 @@ from edgecnn.artifacts import atomic_path
 from edgecnn.errors import UserError
 
 
+class _DropEnumRegistrationNotice(logging.Filter):
+    """torchao (imported by litert-torch) registers an Enum with torch's pytree at import, and torch logs a
+    deprecation line on stderr for it; it is noise to users and would break the one-line `error:` contract."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "register_constant() on Enum subclasses" not in str(record.msg)
+
+
+logging.getLogger("torch.utils._pytree").addFilter(_DropEnumRegistrationNotice())
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence the converters' chatter on stdout/stderr (fd level) unless EDGECNN_VERBOSE is set."""
