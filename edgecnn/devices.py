@@ -255,8 +255,12 @@ class EmulatedTransport(Transport):
 
 @dataclass
 class SSHError:
-    kind: Literal["host-key", "unreachable", "auth", "other"]
+    kind: Literal["host-key", "unreachable", "auth", "no-sftp", "other"]
     message: str
+
+
+class NoSFTPServer(UserError):
+    """The device's sshd has no SFTP subsystem, which scp uses by default since OpenSSH 9."""
 
 
 class SSHTransport(Transport):
@@ -284,6 +288,8 @@ class SSHTransport(Transport):
 
     def _classify(self, stderr: str) -> SSHError:
         low = stderr.lower()
+        if "subsystem request failed" in low:
+            return SSHError("no-sftp", stderr)
         if "host key verification failed" in low or "remote host identification has changed" in low:
             return SSHError("host-key", stderr)
         if "permission denied" in low:
@@ -306,6 +312,8 @@ class SSHTransport(Transport):
             return UserError(
                 f"device {p.name}: {where} refused the login ({last}); set up key login (ssh-copy-id) and the user"
             )
+        if err.kind == "no-sftp":
+            return NoSFTPServer(f"device {p.name}: {where} has no SFTP server for scp ({last})")
         if err.kind == "unreachable":
             return UserError(
                 f"device {p.name}: cannot connect to {where} ({last}); check the host, port and that sshd runs"
@@ -348,9 +356,12 @@ class SSHTransport(Transport):
 
     def put(self, files: list[Path], remote_dir: str) -> None:
         p = self.profile
-        argv = ["scp", "-q", *self.options(), *(["-P", str(p.port)] if p.port else [])]
+        argv = ["scp", *self.options(), *(["-P", str(p.port)] if p.port else [])]
         argv += [str(f) for f in files] + [f"{self.dest()}:{remote_dir}/"]
-        self._with_retry(argv, timeout=600, check=True)
+        try:
+            self._with_retry(argv, timeout=600, check=True)
+        except NoSFTPServer:  # a device without sftp-server: scp's classic protocol (-O) instead
+            self._with_retry([argv[0], "-O", *argv[1:]], timeout=600, check=True)
 
     def run(self, argv: list[str], cwd: str, timeout: float) -> subprocess.CompletedProcess:
         # `cd DIR && exec PROGRAM ARGS...` with a leading ~/ of PROGRAM expanded there (every word is quoted)

@@ -152,3 +152,72 @@ def test_a_model_failing_on_the_device_is_recorded_with_a_note(sshd, run_copy, t
     assert "agent failed" in by_precision["fp32"]["notes"][0]
     assert by_precision["int8"]["accuracy"] > 0.5  # the other model was still measured
     assert "| loopback |" in (run_copy / "report.md").read_text()
+
+
+def _bare_python(folder: Path, with_numpy: bool) -> Path:
+    """A device interpreter with no runtime at all: this Python without site-packages (numpy optional)."""
+    import numpy
+
+    lib = folder / "lib"
+    lib.mkdir(parents=True)
+    if with_numpy:
+        pkg = Path(numpy.__file__).parent
+        for src in (pkg, pkg.with_name("numpy.libs")):
+            if src.exists():
+                (lib / src.name).symlink_to(src)
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={lib} exec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_device_with_numpy_but_no_runtime_is_one_error_line(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    python = _bare_python(tmp_path / "bare-python", with_numpy=True)
+    workdir = sshd.profile("empty", devices, python=str(python))
+    line = _one_error_line(deploy_cli("deploy", str(run_copy), "--device", "empty", devices=devices))
+    assert "no runtime there" in line and "has: none" in line and "install one of" in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_device_without_numpy_is_one_error_line(sshd, run_copy, tmp_path):
+    devices = tmp_path / "devices"
+    python = _bare_python(tmp_path / "bare-python", with_numpy=False)
+    workdir = sshd.profile("no-numpy", devices, python=str(python))
+    line = _one_error_line(deploy_cli("deploy", str(run_copy), "--device", "no-numpy", devices=devices))
+    assert "has no numpy" in line and "python:" in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_device_without_an_sftp_server_gets_the_files_by_classic_scp(sshd, quickstart_run, tmp_path):
+    """scp speaks SFTP since OpenSSH 9; a device whose sshd has no sftp-server still gets the files (scp -O)."""
+    import socket
+    import time
+
+    port = _free_port()
+    config = (sshd.folder / "sshd_config").read_text().replace("Subsystem sftp internal-sftp\n", "")
+    config = config.replace(f"Port {sshd.port}", f"Port {port}").replace(str(sshd.folder / "sshd.pid"), "none")
+    (tmp_path / "sshd_config").write_text(config)
+    known = (sshd.folder / "known_hosts").read_text().replace(f"]:{sshd.port} ", f"]:{port} ")
+    (tmp_path / "known_hosts").write_text(known)
+    client = sshd.config.read_text().replace(str(sshd.folder / "known_hosts"), str(tmp_path / "known_hosts"))
+    (tmp_path / "ssh_config").write_text(client)
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    server = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(tmp_path / "sshd_config")])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        devices = tmp_path / "devices"
+        workdir = sshd.profile("no-sftp", devices, port=port, ssh_config=str(tmp_path / "ssh_config"))
+        model = quickstart_run / "quantize" / "model.int8.tflite"
+        proc = deploy_cli("deploy", str(model), "--device", "no-sftp", "--json", devices=devices)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout)[0]["accuracy"] > 0.5
+        assert list(workdir.iterdir()) == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
