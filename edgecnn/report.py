@@ -24,7 +24,42 @@ def build_report(recipe: dict, results: dict[str, dict], status: dict[str, str],
         "stages": stages,
         "reused_stages": [n for n, s in status.items() if s == "reused"],
         "models": results.get("bench", {}).get("models", []),
+        "pruning": pruning_summary(results, results.get("bench", {}).get("models", [])),
     }
+
+
+def pruning_summary(results: dict[str, dict], models: list[dict]) -> dict | None:
+    """MACs and params before/after pruning, and the pruned model's latency against the unpruned one."""
+    r = results.get("prune")
+    if not r or "macs_before" not in r:
+        return None
+    keys = ("source", "mode", "ratio", "macs_before", "macs_after", "macs_reduction", "params_before", "params_after")
+    out = {k: r.get(k) for k in keys}
+    out["latency_while_pruning"] = r.get("latency")
+    unpruned_name = "student" if r.get("source") == "distill" else "teacher"
+    for m in models:
+        if m["format"] != "pytorch" or not m.get("latency_ms") or not m["name"].endswith("-pruned"):
+            continue
+        ref = [u for u in models if u["name"] == unpruned_name and u["format"] == "pytorch" and u.get("latency_ms")]
+        if ref:
+            a, b = ref[0]["latency_ms"]["p50"], m["latency_ms"]["p50"]
+            out["latency_bench"] = {"format": "pytorch", "runtime": m.get("runtime"), "device": m.get("device"),
+                                    "threads": m.get("threads"), "unpruned_p50_ms": a, "pruned_p50_ms": b,
+                                    "speedup": a / b if b else None}
+    return out
+
+
+def pruning_line(p: dict | None) -> str:
+    """One report.md sentence on what pruning bought."""
+    if not p:
+        return ""
+    text = (f"Pruning ({p['source']} model): MACs {p['macs_before']:,} -> {p['macs_after']:,} "
+            f"({p['macs_reduction']:.2f}x fewer), params {p['params_before']:,} -> {p['params_after']:,}")
+    lat = p.get("latency_bench") or {}
+    if lat.get("speedup"):
+        text += (f"; {lat['device']} {lat['runtime']} p50 {lat['unpruned_p50_ms']:.3f} -> "
+                 f"{lat['pruned_p50_ms']:.3f} ms ({lat['speedup']:.2f}x faster)")
+    return text + "."
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -126,6 +161,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs.",
         "",
         markdown_table(models),
+        "",
+        pruning_line(report.get("pruning")),
         "",
         "Stages: " + ", ".join(f"{k} ({v['status']})" for k, v in report["stages"].items()),
         "",
