@@ -161,6 +161,8 @@ def disk_guard(path: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.filename is None:  # a failed write() names no file: name the run directory
+                raise OSError(e.errno, e.strerror, str(path)) from e
             raise
         if disk_full(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecnn.artifacts import atomic_path
+from edgecnn.artifacts import atomic_write_bytes
 from edgecnn.errors import UserError
 from edgecnn.zoo import ZOO
 
@@ -266,8 +266,20 @@ def save_model(model: nn.Module, info: ModelInfo, path: Path) -> None:
         "shapes": layer_shapes(model),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_write_bytes(path, torch_bytes(lambda f: torch.save(payload, f)))
+
+
+def torch_bytes(save: Any) -> bytes:
+    """What a torch writer (`torch.save`, `torch.jit.save`) produces, serialised in memory.
+
+    Their C++ zip writer aborts the whole process when a disk fills mid-write; writing the finished
+    bytes from Python instead turns a full disk into an ordinary OSError (ENOSPC).
+    """
+    import io
+
+    buf = io.BytesIO()
+    save(buf)
+    return buf.getvalue()
 
 
 def load_model_file(path: Path) -> tuple[nn.Module, ModelInfo]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn import agent
-from edgecnn.artifacts import atomic_path
+from edgecnn.artifacts import atomic_path, atomic_write_bytes
 from edgecnn.data import Dataset, Split
 from edgecnn.errors import StageFailed
 
@@ -40,10 +40,12 @@ def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
 def save_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
     """Trace a model to TorchScript (how PyTorch models are benchmarked by the agent)."""
     model = model.eval()
-    with torch.no_grad(), atomic_path(path) as tmp, warnings.catch_warnings():
+    from edgecnn.models import torch_bytes
+
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, torch.zeros(1, *input_shape))
-        torch.jit.save(traced, str(tmp))
+        atomic_write_bytes(path, torch_bytes(lambda f: torch.jit.save(traced, f)))
 
 
 def run_agent_local(
