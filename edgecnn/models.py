@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,9 @@ def _read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle_errors() as e:
         raise UserError(
             f"{path}: unreadable checkpoint: {checkpoint_problem(e)}; edgecnn loads weights only "
@@ -141,7 +144,7 @@ def _read_checkpoint(path: Path) -> Any:
 def checkpoint_problem(e: BaseException) -> str:
     """What a failed torch.load(weights_only=True) says, in a few words: pickled code, or a broken file."""
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", text)
     if found:
         return f"it pickles Python objects ({found.group(1)}), which weights_only=True refuses"
     broken = ("Unsupported operand", "invalid load key", "zip archive", "central directory", "truncated", "EOF")

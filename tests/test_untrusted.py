@@ -73,6 +73,9 @@ def test_code_executing_checkpoint_refused(use, how, tmp_path):
     assert result.exit_code == 2, (result.stderr, result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and path.name in errors[0], result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == errors, "more than one line on stderr"
+    if how == "torch":
+        assert "posix.system" in errors[0], "the error should name what the checkpoint tried to load"
     assert "Traceback" not in result.output
     assert not marker.exists(), "the checkpoint's code ran"
     assert not run.exists(), "a refused input must not create the run directory"
