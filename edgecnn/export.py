@@ -206,10 +206,16 @@ def quantize_tflite(
 
 
 class _CalibReader:
-    """onnxruntime CalibrationDataReader over normalised calibration images."""
+    """onnxruntime CalibrationDataReader over normalised calibration images, in batches of one size.
+
+    The histogram calibrators (Entropy, Percentile) stack every batch's outputs, so a ragged last
+    batch would break them: the images beyond the last whole batch are left out.
+    """
 
     def __init__(self, calib: np.ndarray, input_name: str, batch: int = 32):
-        self._batches = iter([{input_name: calib[i : i + batch]} for i in range(0, len(calib), batch)])
+        batch = min(batch, len(calib)) or 1
+        stop = len(calib) - len(calib) % batch
+        self._batches = iter([{input_name: calib[i : i + batch]} for i in range(0, stop, batch)])
 
     def get_next(self):
         return next(self._batches, None)

@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from edgecnn import agent
 from edgecnn.data import load_data
-from edgecnn.export import export_onnx, quantize_tflite
+from edgecnn.export import export_onnx, quantize_onnx, quantize_tflite
 from edgecnn.models import ModelInfo, build_model, save_model
 from edgecnn.recipe import TrainConfig
 from edgecnn.runtimes import parity, runtime_logits
@@ -63,6 +63,17 @@ def test_simplified_onnx_keeps_parity(mnist, small_cnn, tmp_path):
     acc, logits = runtime_logits(tmp_path / "m.onnx", mnist, mnist.test)
     check = parity(logits, predict(small_cnn, mnist, mnist.test).numpy(), "pytorch")
     assert check["top1_agreement"] >= 0.995 and acc > 0.5
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_with_a_ragged_image_count(mnist, small_cnn, tmp_path, method):
+    """Percentile/Entropy calibration on 50 images (not a multiple of the reader's batch) gives a working int8 file."""
+    export_onnx(small_cnn, mnist.input_shape, tmp_path / "m.onnx")
+    calib = mnist.normalize(mnist.train.x[:50]).numpy()
+    quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method=method)
+    fp32, _ = runtime_logits(tmp_path / "m.onnx", mnist, mnist.test)
+    int8, _ = runtime_logits(tmp_path / "q.onnx", mnist, mnist.test)
+    assert fp32 > 0.5 and fp32 - int8 < 0.05, (fp32, int8)
 
 
 def test_tflite_int8_float_io_matches_int8_io(mnist, small_cnn, tmp_path):
