@@ -53,7 +53,8 @@ def pruning_line(p: dict | None) -> str:
     """One report.md sentence on what pruning bought."""
     if not p:
         return ""
-    text = (f"Pruning ({p['source']} model): MACs {p['macs_before']:,} -> {p['macs_after']:,} "
+    source = {"distill": "student", "teacher": "teacher"}.get(p["source"], p["source"])
+    text = (f"Pruning ({source}): MACs {p['macs_before']:,} -> {p['macs_after']:,} "
             f"({p['macs_reduction']:.2f}x fewer), params {p['params_before']:,} -> {p['params_after']:,}")
     lat = p.get("latency_bench") or {}
     if lat.get("speedup"):

@@ -4,6 +4,7 @@ itself there; pruned files reload in a fresh process; targets and unreachable ta
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -107,13 +108,12 @@ def export_and_compare(name: str, tmp_path, formats=("onnx", "tflite")) -> None:
         assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "edgenet"])
-def test_pruned_model_matches_itself_in_onnxruntime_and_litert(name, tmp_path):
-    export_and_compare(name, tmp_path)
+def test_pruned_model_matches_itself_in_onnxruntime_and_litert(tmp_path):
+    export_and_compare("edgenet", tmp_path)  # residual, concat, grouped, depthwise, SE and a shuffle in one
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in SPECS if n not in ("shufflenet_v2_x1_0", "edgenet")])
+@pytest.mark.parametrize("name", [n for n in SPECS if n != "edgenet"])
 def test_every_pruned_architecture_matches_itself_when_exported(name, tmp_path):
     export_and_compare(name, tmp_path)
 
@@ -153,8 +153,9 @@ def test_targets_are_met_by_searching_the_ratio():
     pruner.step()
     macs1 = count_macs_params(model, info.input_shape)[0]
     assert macs0 / macs1 >= 2 and macs0 / macs1 < 2.4 and log["target"] == "macs_reduction"
+    lenet = ModelInfo("lenet", {}, 10, (1, 28, 28))
     with pytest.raises(UserError, match=r"smallest reachable value is [\d,]+ parameters"):
-        find_ratio(build_model(info), PruneConfig(params_budget=10), x, 10)
+        find_ratio(build_model(lenet), PruneConfig(params_budget=10), torch.zeros(1, 1, 28, 28), 10)
 
 
 def test_latency_budget_is_timed_while_searching():
@@ -162,12 +163,10 @@ def test_latency_budget_is_timed_while_searching():
     model, x = build_model(info).eval(), torch.zeros(1, 3, 32, 32)
     timer = latency_timer(1, "local-cpu")
     base = timer(model, x)
-    cfg = PruneConfig(latency_budget_ms=0.7 * base)
+    cfg = PruneConfig(latency_budget_ms=0.85 * base)
     ratio, log = find_ratio(model, cfg, x, 10, timer=timer)
     assert 0 < ratio < 0.95 and log["target"] == "latency_budget_ms"
     assert any(t["value"] <= cfg.latency_budget_ms and t["ratio"] == round(ratio, 4) for t in log["tried"])
-    with pytest.raises(UserError, match=r"prune.latency_budget_ms: .* smallest reachable value is [\d.]+ ms p50"):
-        find_ratio(model, PruneConfig(latency_budget_ms=1e-4), x, 10, timer=timer)
     with pytest.raises(UserError, match="prune.latency_device"):
         latency_timer(1, "rpi4")
 
@@ -192,13 +191,22 @@ def test_cli_prunes_to_a_mac_target_and_the_file_reloads(lenet_file, tmp_path):
     assert macs0 / count_macs_params(model, info.input_shape)[0] >= 2
 
 
-@pytest.mark.parametrize("args, field", [(["--macs-reduction", "1000"], "prune.macs_reduction"),
-                                         (["--latency-budget-ms", "0.00001"], "prune.latency_budget_ms")])
-def test_cli_unreachable_target_is_one_error_line(lenet_file, tmp_path, args, field):
-    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", *args, "--epochs", "0",
+def test_cli_unreachable_target_is_one_error_line(lenet_file, tmp_path):
+    field = "prune.latency_budget_ms"
+    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", "--latency-budget-ms", "0.00001", "--epochs", "0",
                    "--out", str(tmp_path / "x.pt"))
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {field}") and "smallest reachable value" in errors[0]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {field}")
+    assert re.search(r"smallest reachable value is [\d.]+ ms p50 on local-cpu$", errors[0])
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_report_states_what_pruning_bought(quickstart_run, quickstart_report):
+    p = quickstart_report["pruning"]
+    assert p["macs_after"] < p["macs_before"] and p["params_after"] < p["params_before"]
+    assert p["latency_while_pruning"]["p50_ms_before"] > 0 and p["latency_while_pruning"]["p50_ms_after"] > 0
+    bench = p["latency_bench"]
+    assert bench["format"] == "pytorch" and bench["speedup"] == bench["unpruned_p50_ms"] / bench["pruned_p50_ms"]
+    assert f"({p['macs_reduction']:.2f}x fewer)" in (quickstart_run / "report.md").read_text()
