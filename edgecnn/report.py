@@ -59,7 +59,7 @@ def pruning_line(p: dict | None) -> str:
     lat = p.get("latency_bench") or {}
     if lat.get("speedup"):
         text += (f"; {lat['device']} {lat['runtime']} p50 {lat['unpruned_p50_ms']:.3f} -> "
-                 f"{lat['pruned_p50_ms']:.3f} ms ({lat['speedup']:.2f}x faster)")
+                 f"{lat['pruned_p50_ms']:.3f} ms (speedup {lat['speedup']:.2f}x)")
     return text + "."
 
 
