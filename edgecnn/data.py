@@ -170,7 +170,7 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _decode_folder(root: Path, classes: list[str], items: list[tuple[Path, int]]) -> Split:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     key = hashlib.sha256(
         "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}:{c}" for p, c in items).encode()
@@ -193,7 +193,7 @@ def _decode_folder(root: Path, classes: list[str], items: list[tuple[Path, int]]
                 if im.size != size:
                     im = im.resize(size)
                 arrays.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - any decoding failure (bombs, bad chunks) is a broken user file
             raise UserError(f"{p}: not a readable image ({e.__class__.__name__}); remove or replace it") from None
     x = np.stack(arrays)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)

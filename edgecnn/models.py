@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+import struct
 import sys
 import warnings
 import zipfile
@@ -30,6 +31,8 @@ from edgecnn.errors import UserError
 from edgecnn.zoo import ZOO
 
 FORMAT_TAG = "edgecnn-model/1"
+# zero-width layers from bad kwargs are reported by validate.check_forward in one line; torch's warning is noise
+warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
 
 
 @dataclass
@@ -121,6 +124,12 @@ def build_model(info: ModelInfo) -> nn.Module:
         raise UserError(f"model {spec!r}: bad kwargs {kwargs} ({e}); fix teacher/student.kwargs") from None
     except ValueError as e:
         raise UserError(f"model {spec!r}: {e}") from None
+    except (RuntimeError, ArithmeticError, AttributeError, IndexError, KeyError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise UserError(
+            f"model {spec!r}: building it with kwargs {kwargs} failed ({e.__class__.__name__}: {first}); "
+            "fix teacher/student.kwargs"
+        ) from None
     raise UserError(
         f"model {spec!r} is unknown; use one of {', '.join(ZOO)}, torchvision:NAME, "
         "path/to/file.py:ClassName or a TorchScript file"
@@ -169,6 +178,10 @@ def pickle_errors() -> tuple[type[BaseException], ...]:
         KeyError,
         UnicodeDecodeError,
         zipfile.BadZipFile,
+        struct.error,
+        ArithmeticError,
+        NotImplementedError,
+        RecursionError,
     )
 
 

@@ -274,6 +274,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UserError(f"{path}: cannot read the recipe ({e.__class__.__name__}); give a UTF-8 YAML file") from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: the YAML is nested too deeply to be a recipe; fix the file") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

@@ -229,7 +229,8 @@ def bad_field(draw):
 def bad_data_or_path(draw, scratch_dir: Path):
     """(dotted field, value, token) for data specs and file paths that do not exist or do not fit."""
     kind = draw(st.sampled_from(["spec", "missing_folder", "file_as_folder", "weights", "model_py", "zoo",
-                                 "torchvision", "model_file", "mean", "std", "ignored", "device"]))
+                                 "torchvision", "model_file", "mean", "std", "ignored", "device", "kwargs",
+                                 "unknown_kwarg"]))
     name = draw(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
     if kind == "spec":
         spec = draw(st.text(min_size=1, max_size=20).filter(
@@ -257,6 +258,11 @@ def bad_data_or_path(draw, scratch_dir: Path):
         return "data.mean", draw(st.lists(st.floats(0, 1), min_size=2, max_size=4)), "data.mean"
     if kind == "std":
         return "data.std", [draw(st.floats(max_value=0, allow_nan=False))], "data.std"
+    if kind == "kwargs":  # layer widths that build a network which cannot run
+        key = draw(st.sampled_from(["c1", "c2", "f1", "f2"]))
+        return "student.kwargs", {key: draw(st.integers(-10**6, 0))}, "student"
+    if kind == "unknown_kwarg":
+        return "student.kwargs", {f"no_{name}": 1}, "kwargs"
     if kind == "ignored":
         return "prune.ignored_layers", [f"nolayer_{name}"], "prune.ignored_layers"
     return "bench.device", draw(st.sampled_from([f"dev-{name}", f"ssh://{name}.invalid"])), "bench.device"
@@ -269,7 +275,10 @@ BREAKERS = ["bad: [1, 2", "\tkey: v", "x: 'unterminated", "{", "a: b: c", "ref: 
 @st.composite
 def broken_yaml(draw) -> bytes:
     """A recipe file that is not a YAML mapping: syntax errors, code tags, other types, not UTF-8."""
-    kind = draw(st.sampled_from(["insert", "non_mapping", "binary"]))
+    kind = draw(st.sampled_from(["insert", "non_mapping", "binary", "deep"]))
+    if kind == "deep":
+        depth = draw(st.integers(1200, 5000))
+        return (f"name: {'[' * depth}{']' * depth}\n").encode()
     if kind == "insert":
         lines = yaml.safe_dump(BASE, sort_keys=False).splitlines()
         at = draw(st.integers(0, len(lines)))
@@ -393,6 +402,18 @@ def _jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _bomb(side: int) -> bytes:
+    """A PNG header claiming side x side pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
 @given(
     split=st.sampled_from(["train", "test"]),
     cls=st.sampled_from(["a", "b"]),
@@ -404,6 +425,7 @@ def _jpeg(seed: int) -> bytes:
         st.builds(lambda n: _png(1)[:n], st.integers(0, 60)),
         st.builds(lambda n: _jpeg(1)[: len(_jpeg(1)) * n // 100], st.integers(0, 60)),
         st.text(string.printable, max_size=40).map(str.encode),
+        st.integers(30_000, 2**31 - 1).map(_bomb),
     ),
     how=st.sampled_from(["compress", "bench"]),
 )
