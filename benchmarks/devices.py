@@ -1,8 +1,10 @@
 """The quickstart's models on every device this machine can reach, and latency stability.
 
     flock /tmp/edgecnn-cpu.lock python benchmarks/devices.py   # writes devices.json and devices.md
+    flock /tmp/edgecnn-cpu.lock python benchmarks/devices.py --run runs/quickstart   # reuse a finished run
 
-1. Runs `edgecnn compress recipes/quickstart.yaml` once, then `edgecnn deploy RUN --device D` for
+1. Runs `edgecnn compress recipes/quickstart.yaml` once (or copies the finished run given with
+   --run), then `edgecnn deploy RUN --device D` for
    D in local-cpu and rpi-emu (and local-gpu when torch sees a GPU; otherwise its reason is recorded).
    rpi-emu accuracies are real ARM64 execution; its latencies are emulated (qemu-user).
 2. Latency stability: the same model (student-pruned, TFLite int8, 1 thread) measured by the agent
@@ -12,7 +14,9 @@ Every number comes from the agent (edgecnn/agent.py) in this run.
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgecnn.agent import WARMUP_SECONDS
 from edgecnn.deploy import deploy
 from edgecnn.devices import get_profile, reachability
 from edgecnn.environment import environment
@@ -57,6 +62,11 @@ def stability(model: Path, npz: Path, repeats: int = REPEATS, min_seconds: float
         "runtime": runs[0]["runtime"],
         "threads": 1,
         "min_seconds_per_run": min_seconds,
+        "method": (
+            f"{repeats} fresh agent processes, each: warm-up >= {WARMUP_SECONDS} s, then >= 200 runs and "
+            f">= {min_seconds} s of batch-1 inference with the GC paused, pinned to one CPU"
+        ),
+        "pinned_cpu": [r.get("pinned_cpu") for r in runs],
         "iters": [r["latency_ms"]["iters"] for r in runs],
         "p50_ms": p50,
         "p50_mean_ms": statistics.mean(p50),
@@ -67,9 +77,16 @@ def stability(model: Path, npz: Path, repeats: int = REPEATS, min_seconds: float
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a finished quickstart run to copy instead of running compress")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "quickstart"
-        subprocess.run([sys.executable, "-m", "edgecnn", "compress", str(RECIPE), "--out", str(run)], check=True)
+        if args.run:
+            shutil.copytree(args.run, run)
+        else:
+            subprocess.run([sys.executable, "-m", "edgecnn", "compress", str(RECIPE), "--out", str(run)], check=True)
         devices = {}
         for name in DEVICES:
             reason = reachability(get_profile(name))
@@ -86,6 +103,7 @@ def main() -> None:
     result = {
         "benchmark": "devices",
         "command": "edgecnn compress recipes/quickstart.yaml; edgecnn deploy RUN --device D",
+        "wall_s": round(time.perf_counter() - t_start, 1),
         "environment": environment(),
         "devices": devices,
         "deployments": report.get("deployments", {}),
