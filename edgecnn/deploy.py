@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecnn.artifacts import safe_join
 from edgecnn.devices import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
 from edgecnn.errors import UserError
 from edgecnn.runtimes import AGENT_PATH
@@ -67,8 +68,14 @@ def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
         if m["format"] == "pytorch":
             stage = STAGE_OF.get(m["name"], "prune" if m["name"].endswith("-pruned") else m["name"])
             file = run_dir / "bench" / f"{stage}.ts"
-        else:
-            file = run_dir / m["path"]
+        else:  # report.json is input too: a path in it may not reach outside the run directory
+            try:
+                file = safe_join(run_dir, m["path"])
+            except UserError:
+                raise UserError(
+                    f"{run_dir / 'report.json'}: model path {m['path']!r} lies outside the run directory; "
+                    "regenerate the report with `edgecnn compress --resume`"
+                ) from None
         if not file.is_file():
             raise UserError(f"{file}: missing from the run; rerun `edgecnn compress --resume` on {run_dir}")
         base = {k: m.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "params", "macs", "parity")}

@@ -131,3 +131,21 @@ def test_yaml_tags_do_not_construct_objects(tmp_path):
     assert result.exit_code == 2 and "r.yaml" in result.stderr
     assert not marker.exists()
     json.dumps(result.stderr)  # one printable line
+
+
+@pytest.mark.parametrize("rel", ["../../../etc/passwd", "/etc/passwd"])
+def test_deploy_refuses_report_paths_outside_the_run(tmp_path, rel):
+    """A tampered report.json cannot make deploy read (and ship to a device) a file outside the run."""
+    run = tmp_path / "run"
+    (run / "bench").mkdir(parents=True)
+    (run / "bench" / "eval.npz").write_bytes(b"evaluation images")
+    report = {"recipe": {"bench": {"device": "local-cpu"}},
+              "models": [{"name": "student-pruned", "format": "onnx", "precision": "fp32", "path": rel,
+                          "device": "local-cpu"}]}
+    (run / "report.json").write_text(json.dumps(report))
+    before = (run / "report.json").read_bytes()
+    result = CliRunner().invoke(main, ["deploy", str(run), "--device", "local-cpu"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "outside the run directory" in errors[0], result.stderr
+    assert (run / "report.json").read_bytes() == before
