@@ -261,16 +261,21 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
                             fontsize=6, xytext=(4, -8), textcoords="offset points")
         vals = [r[key] for r in pts if r[key] > 0]
         if vals and max(vals) / min(vals) > 20:
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+            for set_fmt in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+                set_fmt(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=colour[r], marker="o", ls="", label=r) for r in runs]
     handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f) for f, m in marker.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
     fig.suptitle(f"accuracy vs latency and size on {device} (filled: int8, hollow: fp32; large: on the front)",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(handles) / 4), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
