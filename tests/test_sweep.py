@@ -136,6 +136,7 @@ def test_bad_sweep_key_names_the_variant(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a local Ray instance takes ~45 s to start and run two tiny variants on 2 cores
 def test_ray_backend_runs_a_sweep(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'edgecnn[ray]')")
     recipe = _write(tmp_path, sweep={"grid": {"prune.ratio": [0.3, 0.5]}}, quantize=None, student=None,
