@@ -39,7 +39,16 @@ class Split:
         return len(self.y)
 
     def head(self, n: int | None) -> Split:
-        return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
+        """`n` images drawn evenly from the split (a fixed-seed sample, in the split's order).
+
+        Never the first `n`: folder-ordered splits (ImageFolder) list one class after another,
+        and the first images would score a model on a few classes only.
+        """
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(SPLIT_SEED)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return Split(self.x[idx], self.y[idx])
 
 
 @dataclass

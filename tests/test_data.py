@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pickle
-import time
 
-import numpy as np
 import pytest
 import torch
 
-from edgecnn.data import SPLIT_SEED, augment_batch, batches, load_data
+from edgecnn.data import SPLIT_SEED, augment_batch, load_data
 from edgecnn.errors import UserError
 
 
@@ -91,27 +89,3 @@ def test_augment_batch_is_a_padded_crop_and_flip(cifar_small):
         assert plain or flipped
         flips += flipped and not plain
     assert 0 < flips < len(x)  # some flipped, some not
-
-
-def test_batched_augmentation_beats_per_image_pil(cifar_small):
-    """The fast path's point: augmenting uint8 batches is several times faster than torchvision per image."""
-    from PIL import Image
-    from torchvision import transforms
-
-    data = load_data(f"imagefolder:{cifar_small}")
-    split = data.train
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
-    pil = [Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy())) for x in split.x]
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        for xb, _ in batches(split, 128, shuffle=True, augment=True, generator=g):
-            data.normalize(xb)
-    fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(5):
-        for i in range(0, len(pil), 128):
-            torch.stack([tf(im) for im in pil[i : i + 128]])
-    slow = time.perf_counter() - t0
-    assert slow > 2 * fast, (slow, fast)
