@@ -345,8 +345,15 @@ def distill(
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--ratio", type=float, default=0.3, show_default=True, help="Fraction of channels to remove.")
 @click.option("--macs-reduction", type=float, help="Target, e.g. 2 for 2x fewer MACs (instead of --ratio).")
+@click.option("--params-budget", type=int, help="Target: at most this many parameters.")
+@click.option("--latency-budget-ms", type=float, help="Target: batch-1 p50 ms on --latency-device (timed).")
+@click.option("--latency-device", default="local-cpu", show_default=True, help="local-cpu or local-gpu.")
 @click.option("--importance", type=click.Choice(["magnitude", "bn_scale", "taylor"]), default="magnitude")
+@click.option("--global-pruning/--uniform", default=False, show_default=True,
+              help="Rank channels across layers, or prune every layer alike.")
+@click.option("--steps", type=int, default=1, show_default=True, help="Iterative steps, fine-tuning between them.")
 @click.option("--round-to", type=int)
+@click.option("--keep", "keep", multiple=True, metavar="LAYER", help="A layer name kept whole (repeatable).")
 @data_option
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -360,15 +367,8 @@ def prune(
     from edgecnn.models import load_model_file
     from edgecnn.pipeline import Context, run_stages
     from edgecnn.recipe import Recipe
-@click.option("--params-budget", type=int, help="Target: at most this many parameters.")
-@click.option("--latency-budget-ms", type=float, help="Target: batch-1 p50 ms on --latency-device (timed).")
-@click.option("--latency-device", default="local-cpu", show_default=True, help="local-cpu or local-gpu.")
     from edgecnn.stages import PruneStage
-@click.option("--global-pruning/--uniform", default=False, show_default=True,
-              help="Rank channels across layers, or prune every layer alike.")
-@click.option("--steps", type=int, default=1, show_default=True, help="Iterative steps, fine-tuning between them.")
 
-@click.option("--keep", "keep", multiple=True, metavar="LAYER", help="A layer name kept whole (repeatable).")
     model, info = load_model_file(model_path)
     try:
         rec = Recipe(
@@ -382,8 +382,14 @@ def prune(
             prune={
                 "ratio": ratio,
                 "macs_reduction": macs_reduction,
+                "params_budget": params_budget,
+                "latency_budget_ms": latency_budget_ms,
+                "latency_device": latency_device,
                 "importance": importance,
+                "global_pruning": global_pruning,
+                "iterative_steps": steps,
                 "round_to": round_to,
+                "ignored_layers": list(keep),
                 "epochs": epochs,
                 "batch_size": batch_size,
                 **({"lr": lr} if lr else {}),
@@ -396,14 +402,8 @@ def prune(
         raise UserError(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
     with tempfile.TemporaryDirectory() as tmp:
         teacher_dir = Path(tmp) / "teacher"
-                "params_budget": params_budget,
-                "latency_budget_ms": latency_budget_ms,
-                "latency_device": latency_device,
         teacher_dir.mkdir()
-                "global_pruning": global_pruning,
-                "iterative_steps": steps,
         shutil.copy(model_path, teacher_dir / "model.pt")
-                "ignored_layers": list(keep),
         ctx = Context(rec, Path(tmp))
         ctx.results["teacher"] = {"model_file": "model.pt", "_hash": "input"}
         run_stages([PruneStage()], ctx, resume=False)
