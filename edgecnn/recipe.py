@@ -20,7 +20,7 @@ from edgecnn.errors import UserError
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):

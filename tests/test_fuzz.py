@@ -230,7 +230,7 @@ def bad_data_or_path(draw, scratch_dir: Path):
     """(dotted field, value, token) for data specs and file paths that do not exist or do not fit."""
     kind = draw(st.sampled_from(["spec", "missing_folder", "file_as_folder", "weights", "model_py", "zoo",
                                  "torchvision", "model_file", "mean", "std", "ignored", "device", "kwargs",
-                                 "unknown_kwarg"]))
+                                 "unknown_kwarg", "nonfinite"]))
     name = draw(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
     if kind == "spec":
         spec = draw(st.text(min_size=1, max_size=20).filter(
@@ -258,6 +258,10 @@ def bad_data_or_path(draw, scratch_dir: Path):
         return "data.mean", draw(st.lists(st.floats(0, 1), min_size=2, max_size=4)), "data.mean"
     if kind == "std":
         return "data.std", [draw(st.floats(max_value=0, allow_nan=False))], "data.std"
+    if kind == "nonfinite":  # inf/nan pass a lower bound alone; they would poison training
+        field = draw(st.sampled_from(["data.mean", "data.std", "prune.macs_reduction", "distill.feature_weight"]))
+        value = draw(st.sampled_from([float("inf"), float("nan"), float("-inf")]))
+        return field, [value] if field.startswith("data.") else value, field
     if kind == "kwargs":  # layer widths that build a network which cannot run
         key = draw(st.sampled_from(["c1", "c2", "f1", "f2"]))
         return "student.kwargs", {key: draw(st.integers(-10**6, 0))}, "student"
