@@ -40,21 +40,28 @@ class _PatternModule(nn.Module):
 
 @contextlib.contextmanager
 def _torchao_patterns_as_modules() -> Iterator[None]:
-    """Let torchao's PT2E QAT pattern matcher (which exports plain functions) run on this torch."""
+    """Let the PT2E QAT pattern matchers (which export plain functions) run on this torch.
+
+    torchao and litert-torch's quantizer both hold a reference to the helper, so both are patched.
+    """
+    import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
     from torchao.quantization.pt2e import qat_utils, utils
 
     original = utils._get_aten_graph_module_for_pattern
+    holders = [m for m in (utils, qat_utils, litert_utils) if hasattr(m, "_get_aten_graph_module_for_pattern")]
 
     def wrapped(pattern, example_inputs, is_cuda=False, **kwargs):
         if not isinstance(pattern, nn.Module):
             pattern = _PatternModule(pattern)
         return original(pattern, example_inputs, is_cuda, **kwargs)
 
-    utils._get_aten_graph_module_for_pattern = qat_utils._get_aten_graph_module_for_pattern = wrapped
+    for m in holders:
+        m._get_aten_graph_module_for_pattern = wrapped
     try:
         yield
     finally:
-        utils._get_aten_graph_module_for_pattern = qat_utils._get_aten_graph_module_for_pattern = original
+        for m in holders:
+            m._get_aten_graph_module_for_pattern = original
 
 
 @dataclass
