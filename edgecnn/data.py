@@ -96,10 +96,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = dy.view(n, 1) + torch.arange(h).view(1, h)  # n,h
-    cols = dx.view(n, 1) + torch.arange(w).view(1, w)  # n,w
-    idx_n = torch.arange(n).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # a view: n, c, 2*pad+1, 2*pad+1, h, w
+    out = windows[torch.arange(n), :, dy, dx]  # one gather of every image's crop: n, c, h, w
     flip = torch.rand(n, generator=generator) < 0.5
     out[flip] = out[flip].flip(3)
     return out.contiguous()
