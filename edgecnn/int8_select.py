@@ -24,6 +24,9 @@ ONNX_AUTO = [
 ]
 
 
+# Accuracies are float32 ratios (0.97 is 0.9700000286...): a loss equal to the budget must pass.
+ACCURACY_TOLERANCE = 1e-6
+
 def onnx_candidates(cfg: OnnxQuantConfig, select: str) -> list[dict]:
     """The ONNX int8 configs to try: the recipe's, then (auto) the usual alternatives, without repeats."""
     base = cfg.model_dump()
@@ -64,7 +67,12 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict
     }
 
 
+def within_budget(reference_accuracy: float, accuracy: float, budget: float) -> bool:
+    """True when `accuracy` loses at most `budget` top-1 against the reference."""
+    return reference_accuracy - accuracy <= budget + ACCURACY_TOLERANCE
+
+
 def choose(candidates: list[dict], reference_accuracy: float, budget: float) -> dict | None:
     """The fastest candidate losing at most `budget` top-1 against the reference; None if none does."""
-    ok = [c for c in candidates if reference_accuracy - c["accuracy"] <= budget + 1e-12]
+    ok = [c for c in candidates if within_budget(reference_accuracy, c["accuracy"], budget)]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None

@@ -45,6 +45,15 @@ def test_choose_takes_the_fastest_within_budget_or_none():
     assert choose(cands, 0.95, 0.01) is None
 
 
+def test_a_loss_equal_to_the_budget_passes_despite_float32_accuracies():
+    """970/1000 in float32 is 0.9700000286: losing exactly 10 of 1,000 images is within a 1-point budget."""
+    import numpy as np
+
+    ref = float(np.float32(970) / np.float32(1000))
+    assert choose([{"accuracy": 0.96, "p50_ms": 1.0}], ref, 0.01) is not None
+    assert choose([{"accuracy": 0.959, "p50_ms": 1.0}], ref, 0.01) is None
+
+
 def test_forced_qat_produces_gated_int8_files_with_float_io(quickstart_run, tmp_path):
     """QAT on the quickstart's pruned student (1 epoch), re-using the finished earlier stages."""
     run = tmp_path / "run"

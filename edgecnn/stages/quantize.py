@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from edgecnn.export import convert_pt2e_tflite, export_onnx, quantize_onnx, quantize_tflite, quiet
-from edgecnn.int8_select import choose, describe, measure, onnx_candidates
+from edgecnn.int8_select import choose, describe, measure, onnx_candidates, within_budget
 from edgecnn.pipeline import Context, Stage
 from edgecnn.progress import log
 from edgecnn.qat import QatResult, train_qat
@@ -183,7 +183,7 @@ class QuantizeStage(Stage):
                 "qat": c["qat"],
                 "accuracy": c["accuracy"],
                 "p50_ms": c["p50_ms"],
-                "within_budget": self.ref_acc - c["accuracy"] <= self.ctx.recipe.quantize.accuracy_budget + 1e-12,
+                "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
                 "chosen": c is best,
             }
             for c in cands
