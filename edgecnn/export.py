@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
@@ -224,6 +225,24 @@ class _CalibReader:
         pass
 
 
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU whose int8 dot products lack VNNI (u8s8 products can saturate there)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+def resolve_reduce_range(setting: str, activation: str, weight: str) -> bool:
+    """quantize.onnx.reduce_range: "true", "false", or "auto" (on only where u8s8 saturates)."""
+    if setting == "auto":
+        return activation == "uint8" and weight == "int8" and x86_without_vnni()
+    return setting == "true"
+
+
 def quantize_onnx(
     src: Path,
     dst: Path,
@@ -234,8 +253,13 @@ def quantize_onnx(
     weight: str = "int8",
     per_channel: bool = True,
     method: str = "minmax",
+    reduce_range: str = "auto",
 ) -> None:
-    """Static int8 ONNX (QDQ or QOperator) calibrated on real images with MinMax/Entropy/Percentile."""
+    """Static int8 ONNX (QDQ or QOperator) calibrated on real images with MinMax/Entropy/Percentile.
+
+    `reduce_range` (7-bit weights): "auto" turns it on for uint8 activations with int8 weights on an
+    x86 CPU without VNNI, where ONNX Runtime's u8s8 kernels saturate and lose accuracy.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -259,5 +283,6 @@ def quantize_onnx(
             activation_type=types[activation],
             weight_type=types[weight],
             calibrate_method=methods[method],
+            reduce_range=resolve_reduce_range(reduce_range, activation, weight),
         )
         onnx.checker.check_model(str(tmp))

@@ -45,7 +45,8 @@ def describe(config: dict) -> str:
         return f"pt2e {config.get('io', 'int8')}-io" + (" per-channel" if config.get("per_channel") else "")
     act = {"uint8": "u8", "int8": "s8"}[config["activation"]]
     pc = " per-channel" if config["per_channel"] else ""
-    return f"{config['format']} {act}-act {config['method']}{pc}"
+    rr = " reduce-range" if config.get("reduce_range") == "true" else ""
+    return f"{config['format']} {act}-act {config['method']}{pc}{rr}"
 
 
 def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict:

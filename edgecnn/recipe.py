@@ -106,6 +106,12 @@ class OnnxQuantConfig(Section):
     weight: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    reduce_range: Literal["auto", "true", "false"] = "auto"
+
+    @field_validator("reduce_range", mode="before")
+    @classmethod
+    def _bool_words(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
 
 
 class TfliteQuantConfig(Section):

@@ -75,3 +75,13 @@ def test_forced_qat_produces_gated_int8_files_with_float_io(quickstart_run, tmp_
         assert abs(rec["accuracy"] - rec["reference_accuracy"]) <= 0.05
     rt = agent.open_runtime(str(run / "quantize" / "model.int8.tflite"), 1)
     assert rt.inp["dtype"] == np.float32 and rt.out["dtype"] == np.float32
+
+
+def test_reduce_range_auto_follows_the_cpu():
+    """auto: 7-bit weights only for u8 activations x s8 weights on x86 without VNNI; true/false as given."""
+    from edgecnn.export import resolve_reduce_range, x86_without_vnni
+
+    assert resolve_reduce_range("auto", "uint8", "int8") is x86_without_vnni()
+    assert resolve_reduce_range("auto", "int8", "int8") is False
+    assert resolve_reduce_range("true", "int8", "int8") is True
+    assert resolve_reduce_range("false", "uint8", "int8") is False

@@ -101,6 +101,7 @@ class QuantizeStage(Stage):
             weight=config["weight"],
             per_channel=config["per_channel"],
             method=config["method"],
+            reduce_range=config.get("reduce_range", "auto"),
         )
 
     def calib(self) -> torch.Tensor:
