@@ -7,8 +7,9 @@ Six variants of the user's ResNet-56 (../shared/models): pruned to 1.5x, 2x and 
 fine-tuned for one epoch (distilling from the unpruned network) on a 5,000-image subset of the
 CIFAR-10 training images (500 per class, linked from ~/.cache/edgecnn/cifar10; 10% of it held out
 for validation), times ONNX int8 with per-channel and per-tensor weights. Accuracy is measured on
-2,000 test images drawn evenly from all classes (fixed seed), latency at batch 1 with one thread, by `edgecnn compress` (process pool,
-2 workers) and `edgecnn compare`. Targets: >= 6 variants, the whole sweep <= 20 min on 2 cores.
+2,000 test images drawn evenly from all classes (fixed seed), latency at batch 1 with one
+thread, by `edgecnn compress` (process pool, 2 workers) and `edgecnn compare`.
+Targets: >= 6 variants, the whole sweep <= 20 min on 2 cores.
 """
 
 from __future__ import annotations
