@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecnn.errors import UserError
+
+# "auto", "true" or "false"; YAML's true/false booleans are read as those words
+AutoBool = Annotated[
+    Literal["auto", "true", "false"], BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else v)
+]
 
 
 class Section(BaseModel):
@@ -106,12 +111,7 @@ class OnnxQuantConfig(Section):
     weight: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    reduce_range: Literal["auto", "true", "false"] = "auto"
-
-    @field_validator("reduce_range", mode="before")
-    @classmethod
-    def _bool_words(cls, v: Any) -> Any:
-        return str(v).lower() if isinstance(v, bool) else v
+    reduce_range: AutoBool = "auto"
 
 
 class TfliteQuantConfig(Section):
@@ -122,15 +122,10 @@ class TfliteQuantConfig(Section):
 class QatConfig(Section):
     """Quantization-aware training, the fallback when post-training int8 misses the budget."""
 
-    enabled: Literal["auto", "true", "false"] = "auto"
+    enabled: AutoBool = "auto"
     epochs: int = Field(2, ge=1, le=1000)
     lr: float = Field(0.001, gt=0, le=10)
     batch_size: int = Field(128, ge=1, le=65_536)
-
-    @field_validator("enabled", mode="before")
-    @classmethod
-    def _bool_words(cls, v: Any) -> Any:
-        return str(v).lower() if isinstance(v, bool) else v
 
 
 class QuantizeConfig(Section):
