@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgecnn.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from edgecnn.errors import UserError
-from edgecnn.report import SCHEMA
+from edgecnn.report import SCHEMA, fmt_cell
 
 COLUMNS = ["run", "model", "format", "precision", "device", "size KB", "params", "MACs", "accuracy",
            "p50 ms", "p90 ms", "peak MB", "front"]
@@ -201,8 +201,8 @@ def choose(rows: list[dict], b: Budget) -> dict:
         best = min(ok, key=lambda r: (-r["accuracy"], r["p50_ms"] if r["p50_ms"] is not None else math.inf))
         best["best"] = True
         return {"met": True, "best": best, "message": f"best within budget: {_describe(best)} "
-                f"(accuracy {best['accuracy']:.4f}, p50 {_num(best['p50_ms'], '.3f')} ms, "
-                f"{_num(best['size_kb'], '.1f')} KB)"}
+                f"(accuracy {best['accuracy']:.4f}, p50 {fmt_cell(best['p50_ms'], '.3f')} ms, "
+                f"{fmt_cell(best['size_kb'], '.1f')} KB)"}
     names = [n for n in ("latency", "size", "accuracy") if _limit_text(b, n)]
     alone = [n for n in names if all(n in _misses(r, b) for r in pool)]
     parts = []
@@ -219,15 +219,11 @@ def choose(rows: list[dict], b: Budget) -> dict:
     return {"met": False, "best": None, "unmet": alone or names, "message": "; ".join(parts)}
 
 
-def _num(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """Formatted cells in COLUMNS order."""
-    return [[r["run"], r["model"], r["format"], r["precision"], r["device"], _num(r["size_kb"], ".1f"),
-             _num(r["params"], ","), _num(r["macs"], ","), _num(r["accuracy"], ".4f"), _num(r["p50_ms"], ".3f"),
-             _num(r["p90_ms"], ".3f"), _num(r["peak_mb"], ".0f"),
+    return [[r["run"], r["model"], r["format"], r["precision"], r["device"], fmt_cell(r["size_kb"], ".1f"),
+             fmt_cell(r["params"], ","), fmt_cell(r["macs"], ","), fmt_cell(r["accuracy"], ".4f"),
+             fmt_cell(r["p50_ms"], ".3f"), fmt_cell(r["p90_ms"], ".3f"), fmt_cell(r["peak_mb"], ".0f"),
              ",".join(r["front"]) + (" *best*" if r.get("best") else "")] for r in rows]
 
 

@@ -63,7 +63,8 @@ def pruning_line(p: dict | None) -> str:
     return text + "."
 
 
-def _fmt(v, spec: str, none: str = "-") -> str:
+def fmt_cell(v, spec: str, none: str = "-") -> str:
+    """A table cell: `v` formatted with `spec`, or `none` when there is no value."""
     return none if v is None else format(v, spec)
 
 
@@ -79,13 +80,13 @@ def model_rows(models: list[dict]) -> list[list[str]]:
                 m["format"],
                 m["precision"],
                 dev,
-                _fmt(m.get("size_bytes", 0) / 1024, ".1f"),
-                _fmt(m.get("params"), ","),
-                _fmt(m.get("macs"), ","),
-                _fmt(m.get("accuracy"), ".4f"),
-                _fmt(lat.get("p50"), ".3f"),
-                _fmt(lat.get("p90"), ".3f"),
-                _fmt(m.get("peak_memory_mb"), ".0f"),
+                fmt_cell(m.get("size_bytes", 0) / 1024, ".1f"),
+                fmt_cell(m.get("params"), ","),
+                fmt_cell(m.get("macs"), ","),
+                fmt_cell(m.get("accuracy"), ".4f"),
+                fmt_cell(lat.get("p50"), ".3f"),
+                fmt_cell(lat.get("p90"), ".3f"),
+                fmt_cell(m.get("peak_memory_mb"), ".0f"),
                 m.get("runtime", ""),
             ]
         )
