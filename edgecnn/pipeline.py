@@ -150,7 +150,10 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-_OOM_MARKERS = ("can't allocate memory", "out of memory", "failed to allocate", "bad_alloc")
+# How libraries word a failed allocation; oneDNN fails to create a convolution primitive when it cannot
+# allocate the primitive's scratch memory (seen under RLIMIT_AS in CI).
+_OOM_MARKERS = ("can't allocate memory", "out of memory", "failed to allocate", "bad_alloc",
+                "could not create a primitive")
 
 
 @contextlib.contextmanager
