@@ -8,6 +8,7 @@ A failing conversion raises UserError naming the operator and, where known, the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -109,13 +110,24 @@ def simplify_onnx(path: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
+def for_export(model: nn.Module) -> nn.Module:
+    """`model` in eval mode with contiguous (NCHW) weights, copied if training left them channels-last.
+
+    litert-torch converts a model whose 4-d weights are channels-last into a .tflite that runs but
+    computes garbage (the shared ResNet-56: logits off by 3e4), so every converter gets NCHW weights.
+    """
+    if any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()):
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    return model.eval()
+
+
 def export_onnx(
     model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 18, simplify: bool = False
 ) -> None:
     """One self-contained .onnx file (dynamic batch), checked by onnx.checker; optionally simplified."""
     import onnx
 
-    model = model.eval()
+    model = for_export(model)
     example = (torch.randn(2, *input_shape),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
@@ -144,7 +156,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path) ->
     """A float32 .tflite file (batch 1) converted by litert-torch."""
     import litert_torch
 
-    model = model.eval()
+    model = for_export(model)
     try:
         with quiet(), atomic_path(path) as tmp:
             litert_torch.convert(model, (torch.zeros(1, *input_shape),)).export(str(tmp))
@@ -195,7 +207,7 @@ def quantize_tflite(
     example = (torch.zeros(1, *input_shape),)
     try:
         with quiet():
-            exported = torch.export.export(model.eval(), example).module()
+            exported = torch.export.export(for_export(model), example).module()
             quantizer = tflite_quantizer(per_channel)
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
             with torch.no_grad():

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.data import Dataset, batches
-from edgecnn.export import quiet, tflite_quantizer
+from edgecnn.export import for_export, quiet, tflite_quantizer
 from edgecnn.progress import progress_bar
 from edgecnn.recipe import QatConfig
 from edgecnn.train import kd_loss
@@ -93,7 +93,7 @@ def train_qat(
     example = (data.normalize(data.train.x[:bs]),)
     batch = torch.export.Dim("batch", min=2, max=65_536)
     with quiet(), _torchao_patterns_as_modules():
-        exported = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=({0: batch},)).module()
+        exported = torch.export.export(copy.deepcopy(for_export(model)), example, dynamic_shapes=({0: batch},)).module()
         quantizer = tflite_quantizer(per_channel, qat=True)
         prepared = prepare_qat_pt2e(exported, quantizer)
     if teacher is not None:

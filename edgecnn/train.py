@@ -153,9 +153,9 @@ def init_distributed() -> bool:
     return True
 
 
-def _channels_last(model: nn.Module) -> None:
+def _to_layout(model: nn.Module, layout: torch.memory_format) -> None:
     try:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=layout)
     except (RuntimeError, TypeError):
         pass  # some TorchScript modules cannot change their weights' layout; they still run
 
@@ -227,11 +227,11 @@ def fit(
     rank, world = rank_and_world()
     model.to(device)
     if cfg.channels_last:
-        _channels_last(model)
+        _to_layout(model, torch.channels_last)
     if teacher is not None:
         teacher.to(device).eval()
         if cfg.channels_last:
-            _channels_last(teacher)
+            _to_layout(teacher, torch.channels_last)
     history: list[dict] = []
     ctx, precision = autocast_for(cfg.precision, device)
     if cfg.epochs == 0 or len(data.train) == 0:
@@ -297,8 +297,8 @@ def fit(
         if distiller is not None:
             distiller.close()
     model.to("cpu", memory_format=torch.contiguous_format).eval()
-    if teacher is not None:
-        teacher.to("cpu")
+    if teacher is not None:  # the caller's teacher goes back as it came: on the CPU, NCHW
+        _to_layout(teacher.to("cpu"), torch.contiguous_format)
     return FitResult(cfg.epochs, precision, images * world / seconds if seconds else 0.0, history)
 
 

@@ -105,3 +105,25 @@ def test_unsupported_operator_is_named_with_its_layer(fmt, tmp_path):
     assert len(lines) == 1 and lines[-1].startswith("error:"), proc.stderr  # no library log line, no traceback
     assert "cummax" in lines[-1] and "layer odd (Odd)" in lines[-1], lines[-1]
     assert not Path(tmp_path / "out" / f"model.{fmt}").exists()
+
+
+def test_channels_last_weights_export_as_their_model(tmp_path):
+    """Training leaves weights channels-last; litert-torch turned the shared ResNet-56 so into garbage (3e4 off)."""
+    from conftest import SHARED_MODELS, needs_shared
+
+    from edgecnn.export import export_tflite, for_export
+    from edgecnn.models import load_weights
+
+    needs_shared(SHARED_MODELS)
+    info = ModelInfo(f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", {"depth": 56}, 10, (3, 32, 32))
+    model = build_model(info)
+    load_weights(model, SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
+    model.eval().to(memory_format=torch.channels_last)
+    copy = for_export(model)
+    assert copy is not model and model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in copy.parameters())
+    x = torch.randn(4, 3, 32, 32)
+    export_tflite(model, (3, 32, 32), tmp_path / "m.tflite")
+    rt = agent.open_runtime(str(tmp_path / "m.tflite"), 1)
+    got = np.concatenate([rt.run(x[i : i + 1].numpy()) for i in range(4)])
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-3)
