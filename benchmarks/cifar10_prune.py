@@ -5,11 +5,11 @@
 1. the user's ResNet-56 (../shared/models, file.py:Class + state_dict) is evaluated on the 10,000
    CIFAR-10 test images (~/.cache/edgecnn/cifar10, ImageFolder JPEGs);
 2. edgecnn's prune stage code (`find_ratio` + `ChannelPruner`, magnitude importance, uniform
-   per-layer ratio) prunes a copy to 2x fewer MACs, fine-tunes it for --epochs epochs with
-   Hinton distillation from the unpruned model (on --train-images random training images per
-   epoch: a ResNet-56 trains at ~15-30 images/s on this 2-core machine, so the full 45,000 would
-   take most of an hour per epoch) (edgecnn.train.fit, bf16 where the CPU has it),
-   saves it as an edgecnn model file, reloads that file and checks the logits are identical;
+   per-layer ratio, channel counts rounded to multiples of --round-to) prunes a copy to 2x fewer
+   MACs, fine-tunes it for --epochs epochs with Hinton distillation from the unpruned model (on
+   --train-images random training images per epoch, 0 = all 45,000) (edgecnn.train.fit, bf16
+   where the CPU has it), saves it as an edgecnn model file, reloads that file and checks the
+   logits are identical;
 3. both models are exported to ONNX (dynamo, simplified) and TFLite (litert-torch) and traced to
    TorchScript, and each file is measured by the benchmark agent (edgecnn/agent.py, its own
    process) at batch 1 with one thread, on 1,000 test images (accuracy there, latency p50),
@@ -89,9 +89,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--macs-reduction", type=float, default=2.0)
+    ap.add_argument("--round-to", type=int, default=8,
+                    help="channel counts a multiple of this (0: any count); runtimes vectorise by 8 on AVX2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-seconds", type=float, default=3.0)
-    ap.add_argument("--train-images", type=int, default=16000,
+    ap.add_argument("--train-images", type=int, default=0,
                     help="a random subset of the training split per epoch (0: all 45,000); CPU time is the limit")
     ap.add_argument("--eval-images", type=int, help="limit the test split (a quick smoke run)")
     ap.add_argument("--out", type=Path, default=HERE / "cifar10_prune.json")
@@ -114,7 +116,8 @@ def main() -> None:
     print("teacher", acc0, flush=True)
 
     cfg = PruneConfig(macs_reduction=args.macs_reduction, importance="magnitude", global_pruning=False,
-                      epochs=args.epochs, lr=args.lr, batch_size=128, weight_decay=5e-4)
+                      epochs=args.epochs, lr=args.lr, batch_size=128, weight_decay=5e-4,
+                      round_to=args.round_to or None)
     t0 = time.perf_counter()
     ratio, search = find_ratio(teacher, cfg, example, 10)
     student = build_model(info)
@@ -151,8 +154,8 @@ def main() -> None:
     result = {
         "benchmark": "cifar10_prune",
         "command": f"flock /tmp/edgecnn-cpu.lock .venv/bin/python benchmarks/cifar10_prune.py --epochs {args.epochs} "
-                   f"--lr {args.lr} --macs-reduction {args.macs_reduction} --seed {args.seed} "
-                   f"--train-images {args.train_images}",
+                   f"--lr {args.lr} --macs-reduction {args.macs_reduction} --round-to {args.round_to} "
+                   f"--seed {args.seed} --train-images {args.train_images}",
         "limits": {"train_images": len(data.train), "eval_images": len(data.test)},
         "environment": environment(),
         "unpruned": {"model": "shared/models/cifar_resnet.py:CifarResNet(depth=56)", "macs": macs0,

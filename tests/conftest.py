@@ -14,6 +14,15 @@ SHARED = REPO.parent / "shared"
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Decoded image folders of the tests (and their CLI subprocesses) stay out of the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("EDGECNN_CACHE", str(tmp_path_factory.mktemp("edgecnn-cache")))
+    yield
+    patch.undo()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `python -m edgecnn ARGS` in a fresh process and capture its output."""
     return subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True, text=True,

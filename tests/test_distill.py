@@ -14,11 +14,6 @@ from edgecnn.recipe import DistillConfig
 from edgecnn.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
-
-
 def test_kd_loss_is_the_hinton_mix():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)

@@ -19,10 +19,6 @@ TORCHSCRIPT = SHARED_MODELS / "resnet56_cifar10.torchscript.pt"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.2435, 0.2616]
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))  # decoded test folders stay out of ~/.cache
-
 
 def _teacher_result(tmp_path: Path, data: Path, teacher: dict) -> dict:
     raw = {"name": "t", "data": {"spec": f"imagefolder:{data}", "mean": MEAN, "std": STD}, "teacher": teacher}
