@@ -28,7 +28,7 @@ from edgecnn.agent import WARMUP_SECONDS
 from edgecnn.deploy import deploy
 from edgecnn.devices import get_profile, reachability
 from edgecnn.environment import environment
-from edgecnn.report import markdown_table
+from edgecnn.report import HEADER, markdown_table, model_rows
 from edgecnn.runtimes import run_agent_local
 
 HERE = Path(__file__).resolve().parent
@@ -111,7 +111,7 @@ def main() -> None:
         "latency_stability": stable,
     }
     (HERE / "devices.json").write_text(json.dumps(result, indent=2) + "\n")
-    (HERE / "devices.md").write_text(markdown_table(deployed) + "\n")
+    (HERE / "devices.md").write_text(markdown_table(HEADER, model_rows(deployed)) + "\n")
     print(json.dumps({"devices": devices, "cv": stable["cv"], "p50_ms": stable["p50_ms"]}, indent=2))
 
 

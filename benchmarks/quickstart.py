@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgecnn.environment import environment
-from edgecnn.report import markdown_table
+from edgecnn.report import HEADER, markdown_table, model_rows
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "quickstart.yaml"
@@ -47,7 +47,7 @@ def main() -> None:
                                       "latency_ms", "peak_memory_mb", "runtime", "parity")} for m in models],
     }
     (HERE / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
-    (HERE / "quickstart.md").write_text(markdown_table(models) + "\n")
+    (HERE / "quickstart.md").write_text(markdown_table(HEADER, model_rows(models)) + "\n")
     print(json.dumps({"wall_s": result["wall_s"], **result["checks"]}, indent=2))
 
 

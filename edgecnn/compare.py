@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgecnn.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from edgecnn.errors import UserError
-from edgecnn.report import SCHEMA, fmt_cell
+from edgecnn.report import SCHEMA, fmt_cell, markdown_table
 
 COLUMNS = ["run", "model", "format", "precision", "device", "size KB", "params", "MACs", "accuracy",
            "p50 ms", "p90 ms", "peak MB", "front"]
@@ -279,8 +279,7 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
 
 def _markdown(result: dict, plots: list[str]) -> str:
     md = ["# edgecnn compare", "", f"Runs: {', '.join(result['runs'])}. Evaluation data: {result['data']}.", "",
-          "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(result["rows"])]
+          markdown_table(COLUMNS, table_rows(result["rows"]))]
     md += ["", "front: on the Pareto front of accuracy against p50 latency (`latency`) or file size (`size`) "
            "for that device.", ""]
     if result.get("budget"):

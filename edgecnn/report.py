@@ -109,9 +109,10 @@ HEADER = [
 ]
 
 
-def markdown_table(models: list[dict]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in model_rows(models)]
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of formatted cells ('|' inside a cell becomes '/')."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -162,7 +163,7 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
         f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs.",
         "",
-        markdown_table(models),
+        markdown_table(HEADER, model_rows(models)),
         "",
         pruning_line(report.get("pruning")),
         "",
