@@ -19,7 +19,7 @@ from pathlib import Path
 from edgecnn.artifacts import safe_join
 from edgecnn.devices import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
 from edgecnn.errors import UserError
-from edgecnn.runtimes import AGENT_PATH
+from edgecnn.runtimes import AGENT_PATH, MEASURED, measured
 
 AGENT_TIMEOUT = 3600
 EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".ts": "pytorch", ".torchscript": "pytorch"}
@@ -132,15 +132,8 @@ def choose_runtime(profile: DeviceProfile, fmt: str, available: dict) -> str | N
 def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
     entry = {
         **job.base,
-        "accuracy": m["accuracy"],
-        "eval_samples": m["eval_samples"],
-        "latency_ms": m["latency_ms"],
-        "peak_memory_mb": m["peak_memory_mb"],
-        "load_ms": m["load_ms"],
-        "runtime": m["runtime"],
+        **measured(m),
         "device": profile.name,
-        "threads": m["threads"],
-        "batch_size": m["batch_size"],
         "emulated": profile.emulated,
         "machine": m["machine"],
         "device_python": m["python"],
@@ -152,11 +145,9 @@ def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
 
 def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> dict:
     """A model the agent could not measure on the device: null measurements and the reason."""
-    nulls = dict.fromkeys(("accuracy", "latency_ms", "peak_memory_mb", "load_ms", "threads", "batch_size"))
     return {
         **job.base,
-        **nulls,
-        "eval_samples": None,
+        **dict.fromkeys(MEASURED),
         "runtime": runtime,
         "device": profile.name,
         "emulated": profile.emulated,

@@ -24,6 +24,15 @@ from edgecnn.errors import StageFailed
 AGENT_PATH = Path(agent.__file__)
 
 
+MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "threads", "batch_size")
+"""The fields of an agent's result that a report entry takes over as they are."""
+
+
+def measured(m: dict) -> dict:
+    """The report fields of one agent result (see MEASURED)."""
+    return {k: m[k] for k in MEASURED}
+
+
 def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
     """The evaluation batch shipped to the agent: uint8 images, labels, normalisation."""
     with atomic_path(path) as tmp:

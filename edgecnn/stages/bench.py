@@ -12,7 +12,7 @@ from edgecnn.errors import UserError
 from edgecnn.pipeline import Context, Stage
 from edgecnn.progress import progress_bar
 from edgecnn.recipe import Recipe, recipe_dict
-from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
+from edgecnn.runtimes import measured, run_agent_local, save_torchscript, write_eval_npz
 from edgecnn.stages.common import eval_split, load_stage_model
 from edgecnn.stages.naming import model_name
 
@@ -127,15 +127,8 @@ class BenchStage(Stage):
             "size_bytes": c["file"].stat().st_size,
             "params": c["params"],
             "macs": c["macs"],
-            "accuracy": m["accuracy"],
-            "eval_samples": m["eval_samples"],
-            "latency_ms": m["latency_ms"],
-            "peak_memory_mb": m["peak_memory_mb"],
-            "load_ms": m["load_ms"],
-            "runtime": m["runtime"],
+            **measured(m),
             "device": cfg.device,
-            "threads": m["threads"],
-            "batch_size": m["batch_size"],
             "parity": c["parity"],
             "deploy": c.get("deploy", False),
             "emulated": False,
