@@ -1,6 +1,6 @@
 """Does distillation help on CIFAR-10, and is edgecnn's training loop fast? Measured side by side.
 
-    python benchmarks/cifar10_kd.py [--epochs 18] [--data imagefolder:~/.cache/edgecnn/cifar10]
+    python benchmarks/cifar10_kd.py [--epochs 20] [--data imagefolder:~/.cache/edgecnn/cifar10]
 
 writes benchmarks/cifar10_kd.json. In one run, on the same data split:
 1. the shared ResNet-56 teacher (../shared/models, loaded as file.py:Class + state_dict) is
@@ -113,7 +113,7 @@ def throughput(data: Dataset, cfg: TrainConfig, n_images: int, repeats: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="imagefolder:~/.cache/edgecnn/cifar10")
-    ap.add_argument("--epochs", type=int, default=18)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "cifar10_kd.json")
     ap.add_argument("--throughput-images", type=int, default=128 * 40)
