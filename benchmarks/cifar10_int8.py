@@ -8,7 +8,7 @@ e.g. RUN/distill/model.pt) and the user's ResNet-56 from ../shared/models. Each 
 to ONNX (dynamo, simplified) and TFLite (litert-torch) in fp32, and quantized to int8: ONNX with
 onnxruntime static QDQ (uint8 activations, per-channel int8 weights, MinMax on 256 training
 images, and the same with Percentile calibration), TFLite with litert-torch's PT2E (per-channel,
-int8 I/O). Every file is measured by the agent (edgecnn/agent.py) on the 10,000 CIFAR-10 test
+int8 I/O). Every file is measured by the agent (edgecnn/runtime/agent.py) on the 10,000 CIFAR-10 test
 images and at batch 1 with one thread and with all threads. Targets: int8 loses <= 0.3 points on
 both runtimes; at one thread int8 p50 is <= 0.5x fp32 on LiteRT and <= 0.7x on ONNX Runtime.
 """
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.data import load_data
-from edgecnn.environment import environment
-from edgecnn.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
-from edgecnn.models import ModelInfo, build_model, load_model_file, load_weights, save_model
-from edgecnn.recipe import TrainConfig
-from edgecnn.runtimes import run_agent_local, write_eval_npz
-from edgecnn.train import accuracy, fit, predict
+from edgecnn.compress.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
+from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.config.recipe import TrainConfig
+from edgecnn.core.environment import environment
+from edgecnn.data.datasets import load_data
+from edgecnn.models.files import ModelInfo, build_model, load_model_file, load_weights, save_model
+from edgecnn.runtime.host import run_agent_local, write_eval_npz
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "models"

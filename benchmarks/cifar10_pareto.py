@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.compare import plot_device
-from edgecnn.environment import environment
+from edgecnn.analysis.compare import plot_device
+from edgecnn.core.environment import environment
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "cifar10_sweep.yaml"

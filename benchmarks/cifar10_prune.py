@@ -7,11 +7,11 @@
 2. edgecnn's prune stage code (`find_ratio` + `ChannelPruner`, magnitude importance, uniform
    per-layer ratio, channel counts rounded to multiples of --round-to) prunes a copy to 2x fewer
    MACs, fine-tunes it for --epochs epochs with Hinton distillation from the unpruned model (on
-   --train-images random training images per epoch, 0 = all 45,000) (edgecnn.train.fit, bf16
+   --train-images random training images per epoch, 0 = all 45,000) (edgecnn.compress.train.fit, bf16
    where the CPU has it), saves it as an edgecnn model file, reloads that file and checks the
    logits are identical;
 3. both models are exported to ONNX (dynamo, simplified) and TFLite (litert-torch) and traced to
-   TorchScript, and each file is measured by the benchmark agent (edgecnn/agent.py, its own
+   TorchScript, and each file is measured by the benchmark agent (edgecnn/runtime/agent.py, its own
    process) at batch 1 with one thread, on 1,000 test images (accuracy there, latency p50),
    alternating pruned and unpruned for 3 rounds and keeping each file's lowest p50.
 Targets: accuracy at most 0.5 points below the unpruned model's, and p50 latency at least 1.6x
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.data import Split, load_data
-from edgecnn.environment import environment
-from edgecnn.export import export_onnx, export_tflite
-from edgecnn.models import ModelInfo, build_model, count_macs_params, load_model_file, load_weights, save_model
-from edgecnn.recipe import DistillConfig, PruneConfig
-from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
-from edgecnn.stages.prune import find_ratio, make_pruner
-from edgecnn.train import accuracy, fit, predict
+from edgecnn.compress.export import export_onnx, export_tflite
+from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.config.recipe import DistillConfig, PruneConfig
+from edgecnn.core.environment import environment
+from edgecnn.data.datasets import Split, load_data
+from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, load_weights, save_model
+from edgecnn.pipeline.stages.prune import find_ratio, make_pruner
+from edgecnn.runtime.host import run_agent_local, save_torchscript, write_eval_npz
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "models"

@@ -9,7 +9,7 @@
    rpi-emu accuracies are real ARM64 execution; its latencies are emulated (qemu-user).
 2. Latency stability: the same model (student-pruned, TFLite int8, 1 thread) measured by the agent
    in five separate processes; the coefficient of variation of the five p50s (target <= 3%).
-Every number comes from the agent (edgecnn/agent.py) in this run.
+Every number comes from the agent (edgecnn/runtime/agent.py) in this run.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.agent import WARMUP_SECONDS
-from edgecnn.deploy import deploy
-from edgecnn.devices import get_profile, reachability
-from edgecnn.environment import environment
-from edgecnn.report import HEADER, markdown_table, model_rows
-from edgecnn.runtimes import run_agent_local
+from edgecnn.analysis.report import HEADER, markdown_table, model_rows
+from edgecnn.core.environment import environment
+from edgecnn.devices.deploy import deploy
+from edgecnn.devices.profiles import get_profile, reachability
+from edgecnn.runtime.agent import WARMUP_SECONDS
+from edgecnn.runtime.host import run_agent_local
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "quickstart.yaml"

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecnn.data import load_data
-from edgecnn.environment import environment
-from edgecnn.export import export_onnx, quantize_onnx, x86_without_vnni
+from edgecnn.compress.export import export_onnx, quantize_onnx, x86_without_vnni
+from edgecnn.core.environment import environment
+from edgecnn.data.datasets import load_data
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "models"

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.environment import environment
-from edgecnn.report import HEADER, markdown_table, model_rows
+from edgecnn.analysis.report import HEADER, markdown_table, model_rows
+from edgecnn.core.environment import environment
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "quickstart.yaml"

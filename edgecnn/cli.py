@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from edgecnn.errors import UserError
+from edgecnn.core.console import native_output_to_log, route_python_noise
+from edgecnn.core.errors import UserError
 
 EXAMPLES = {
     "compress": "edgecnn compress recipes/quickstart.yaml --set distill.epochs=2",
@@ -40,6 +41,13 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv
+        if debug:
+            return self._invoke(ctx, debug)
+        route_python_noise()  # native libraries' and Python libraries' log lines go to the native log
+        with native_output_to_log():
+            return self._invoke(ctx, debug)
+
+    def _invoke(self, ctx: click.Context, debug: bool):
         try:
             return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
@@ -97,7 +105,7 @@ def _print_table(models: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.report import HEADER, model_rows
+    from edgecnn.analysis.report import HEADER, model_rows
 
     table = Table(*HEADER, title="edgecnn models")
     for row in model_rows(models):
@@ -125,10 +133,11 @@ def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume:
     A recipe with a `sweep:` section runs each variant into DIR/variants/<name>/ (stages the variants
     share run once), then writes DIR/compare.md/.html/.json over them.
     """
-    from edgecnn.pipeline import Context, open_run, run_stages
-    from edgecnn.recipe import load_recipe
-    from edgecnn.stages import STAGES
-    from edgecnn.sweep import run_sweep, write_run_report
+    from edgecnn.config.recipe import load_recipe
+    from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.runner import open_run, run_stages
+    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.sweep import run_sweep, write_run_report
 
     if resume and force:
         raise UserError("--resume and --force: give one; --resume reuses finished stages, --force redoes them all")
@@ -182,7 +191,7 @@ def _floats(text: str | None, name: str) -> list[float] | None:
 
 
 def _load_data(spec: str, mean: str | None, std: str | None, info=None):
-    from edgecnn.data import load_data
+    from edgecnn.data.datasets import load_data
 
     m = _floats(mean, "mean") or (info.mean if info and info.mean else None)
     s = _floats(std, "std") or (info.std if info and info.std else None)
@@ -192,7 +201,7 @@ def _load_data(spec: str, mean: str | None, std: str | None, info=None):
 def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None, **extra):
     from pydantic import ValidationError
 
-    from edgecnn.recipe import TrainConfig
+    from edgecnn.config.recipe import TrainConfig
 
     cls = cls or TrainConfig
     values = {"epochs": epochs, "batch_size": batch_size, **({"lr": lr} if lr else {}), **extra}
@@ -213,7 +222,7 @@ def train_options(f):
 
 def _load_any(path: Path):
     """An edgecnn model file (ModelInfo) or a TorchScript file (no info)."""
-    from edgecnn.models import FORMAT_TAG, is_torchscript, load_model_file, load_torchscript
+    from edgecnn.models.files import FORMAT_TAG, is_torchscript, load_model_file, load_torchscript
 
     if not path.is_file():
         raise UserError(f"{path}: model file not found")
@@ -246,8 +255,8 @@ def _kwargs(text: str | None, name: str) -> dict:
 
 def _finish(model, info, data, out: Path, res) -> None:
     """Save and report on rank 0 only; under torchrun every rank says how much it trained."""
-    from edgecnn.models import save_model
-    from edgecnn.train import accuracy, finish_distributed, predict, rank_and_world
+    from edgecnn.compress.train import accuracy, finish_distributed, predict, rank_and_world
+    from edgecnn.models.files import save_model
 
     rank, world = rank_and_world()
     if world > 1:
@@ -260,8 +269,8 @@ def _finish(model, info, data, out: Path, res) -> None:
 
 def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: Path) -> Path:
     """A user's file.py:Class / torchvision:NAME + state_dict, saved as an edgecnn model file in `folder`."""
-    from edgecnn.models import save_model
-    from edgecnn.stages.teacher import load_user_model
+    from edgecnn.models.files import save_model
+    from edgecnn.models.user import load_user_model
 
     if weights is None:
         raise UserError(f"{spec}: an architecture needs its trained weights; add --weights STATE_DICT.pt")
@@ -281,9 +290,9 @@ def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: P
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write.")
 def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed, out):
     """Train a model on labels alone and save it as an edgecnn model file (multi-process under torchrun)."""
-    from edgecnn.models import build_model
-    from edgecnn.stages.teacher import data_model_info
-    from edgecnn.train import fit, init_distributed
+    from edgecnn.compress.train import fit, init_distributed
+    from edgecnn.models.files import build_model
+    from edgecnn.models.user import data_model_info
 
     cfg = _train_cfg(epochs, lr, batch_size)
     data = _load_data(data_spec, mean, std)
@@ -317,10 +326,10 @@ def distill(
     feature_weight, data_spec, mean, std, epochs, lr, batch_size, seed, out,
 ):
     """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
-    from edgecnn.models import build_model
-    from edgecnn.recipe import DistillConfig
-    from edgecnn.stages.teacher import data_model_info, is_model_file, load_user_model
-    from edgecnn.train import fit, init_distributed
+    from edgecnn.compress.train import fit, init_distributed
+    from edgecnn.config.recipe import DistillConfig
+    from edgecnn.models.files import build_model
+    from edgecnn.models.user import data_model_info, is_model_file, load_user_model
 
     t_info = None
     if is_model_file(teacher_spec) and Path(teacher_spec).is_file():
@@ -364,10 +373,11 @@ def prune(
     """Remove channels (Torch-Pruning), fine-tune distilling from the unpruned model, save reloadably."""
     from pydantic import ValidationError
 
-    from edgecnn.models import load_model_file
-    from edgecnn.pipeline import Context, run_stages
-    from edgecnn.recipe import Recipe
-    from edgecnn.stages import PruneStage
+    from edgecnn.config.recipe import Recipe
+    from edgecnn.models.files import load_model_file
+    from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.runner import run_stages
+    from edgecnn.pipeline.stages import PruneStage
 
     model, info = load_model_file(model_path)
     try:
@@ -433,9 +443,9 @@ def _export_common(model_path: Path, data_spec, mean, std):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
 def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
     """Export an edgecnn model file to ONNX and/or TFLite fp32, checking parity on the test split."""
-    from edgecnn.export import export_onnx, export_tflite
-    from edgecnn.runtimes import parity, runtime_logits
-    from edgecnn.train import predict
+    from edgecnn.compress.export import export_onnx, export_tflite
+    from edgecnn.compress.train import predict
+    from edgecnn.runtime.host import parity, runtime_logits
 
     model, info, data = _export_common(model_path, data_spec, mean, std)
     ref = predict(model, data, data.test).numpy()
@@ -470,9 +480,9 @@ def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
 def quantize(model_path, formats, calib_samples, onnx_format, activation, method, tflite_io, data_spec, mean, std,
              out):
     """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images."""
-    from edgecnn.export import export_onnx, quantize_onnx, quantize_tflite
-    from edgecnn.runtimes import runtime_logits
-    from edgecnn.train import accuracy, predict
+    from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
+    from edgecnn.compress.train import accuracy, predict
+    from edgecnn.runtime.host import runtime_logits
 
     model, info, data = _export_common(model_path, data_spec, mean, std)
     if calib_samples < 1:
@@ -508,9 +518,9 @@ def quantize(model_path, formats, calib_samples, onnx_format, activation, method
 @click.option("--kwargs", "kwargs_text", help="Constructor arguments (YAML mapping) when MODEL is file.py:Class.")
 def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json, weights, kwargs_text):
     """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
-    from edgecnn.deploy import benchmark_on_device, model_job
-    from edgecnn.devices import get_profile
-    from edgecnn.runtimes import run_agent_local, save_torchscript, write_eval_npz
+    from edgecnn.devices.deploy import benchmark_on_device, model_job
+    from edgecnn.devices.profiles import get_profile
+    from edgecnn.runtime.host import run_agent_local, save_torchscript, write_eval_npz
 
     profile = get_profile(device)  # an unknown device is an error before any work
     shown, user_dir = str(model_path), tempfile.TemporaryDirectory()
@@ -557,7 +567,7 @@ def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_jso
 
 def _check_model_file(path: Path) -> None:
     """Check an ONNX or TFLite file's structure before a runtime parses it."""
-    from edgecnn.validate import check_model_file
+    from edgecnn.runtime.checks import check_model_file
 
     check_model_file(path)
 
@@ -576,7 +586,7 @@ def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean,
     TARGET is a finished run directory (its models, its evaluation images) or one model file
     (.onnx, .tflite, TorchScript), evaluated on --data.
     """
-    from edgecnn.deploy import deploy as deploy_to
+    from edgecnn.devices.deploy import deploy as deploy_to
 
     with tempfile.TemporaryDirectory() as tmp:
         npz = None
@@ -594,7 +604,7 @@ def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean,
 
 def _eval_npz(data_spec: str, mean: str | None, std: str | None, folder: Path) -> Path:
     """The evaluation batch of a data spec, written for the agent."""
-    from edgecnn.runtimes import write_eval_npz
+    from edgecnn.runtime.host import write_eval_npz
 
     data = _load_data(data_spec, mean, std)
     write_eval_npz(data, data.test, folder / "eval.npz")
@@ -615,7 +625,7 @@ def compare(runs, out, max_latency_ms, max_size_kb, min_accuracy, device, as_jso
 
     RUN may be a run directory, its report.json, or a sweep directory (standing for its variants).
     """
-    from edgecnn.compare import Budget, compare_runs
+    from edgecnn.analysis.compare import Budget, compare_runs
 
     result = compare_runs(list(runs), out, Budget(max_latency_ms, max_size_kb, min_accuracy, device))
     if as_json:
@@ -629,7 +639,7 @@ def _print_compare(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.compare import COLUMNS, table_rows
+    from edgecnn.analysis.compare import COLUMNS, table_rows
 
     table = Table(*COLUMNS, title="edgecnn compare")
     for r, row in zip(result["rows"], table_rows(result["rows"]), strict=True):
@@ -648,7 +658,7 @@ def devices(as_json):
     """List device profiles and whether each is reachable."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgecnn.devices import list_profiles, reachability
+    from edgecnn.devices.profiles import list_profiles, reachability
 
     profiles = list_profiles()
     with ThreadPoolExecutor(max_workers=8) as pool:

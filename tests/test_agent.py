@@ -1,4 +1,4 @@
-"""The device agent (edgecnn/agent.py) on a tiny real ONNX model: accuracy, latency method, CPU pinning."""
+"""The device agent (edgecnn/runtime/agent.py) on a tiny real ONNX model: accuracy, latency method, CPU pinning."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgecnn import agent
-from edgecnn.runtimes import AGENT_PATH
+from edgecnn.runtime import agent
+from edgecnn.runtime.host import AGENT_PATH
 
 
 @pytest.fixture(scope="module")

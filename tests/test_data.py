@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from edgecnn.data import SPLIT_SEED, augment_batch, load_data
-from edgecnn.errors import UserError
+from edgecnn.core.errors import UserError
+from edgecnn.data.datasets import SPLIT_SEED, augment_batch, load_data
 
 
 @pytest.fixture(autouse=True)

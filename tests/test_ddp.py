@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO
 
-from edgecnn.models import load_model_file
+from edgecnn.models.files import load_model_file
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

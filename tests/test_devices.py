@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from edgecnn.devices import DeviceProfile, get_profile, list_profiles, parse_ssh_url
-from edgecnn.errors import UserError
+from edgecnn.core.errors import UserError
+from edgecnn.devices.profiles import DeviceProfile, get_profile, list_profiles, parse_ssh_url
 
 
 def cli(*args: str, cwd: Path = REPO, devices: Path | None = None) -> subprocess.CompletedProcess:

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_MODELS, needs_shared, run_cli
 
-from edgecnn.data import load_data
-from edgecnn.errors import UserError
-from edgecnn.models import ModelInfo, build_model, load_model_file
-from edgecnn.recipe import DistillConfig
-from edgecnn.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
+from edgecnn.compress.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
+from edgecnn.config.recipe import DistillConfig
+from edgecnn.core.errors import UserError
+from edgecnn.data.datasets import load_data
+from edgecnn.models.files import ModelInfo, build_model, load_model_file
 
 
 def test_kd_loss_is_the_hinton_mix():
@@ -59,7 +59,7 @@ def test_fit_with_feature_loss(cifar_small, feature_loss):
 
 def test_feature_loss_needs_a_python_teacher(cifar_small):
     needs_shared(SHARED_MODELS / "resnet56_cifar10.torchscript.pt")
-    from edgecnn.models import load_torchscript
+    from edgecnn.models.files import load_torchscript
 
     data = load_data(f"imagefolder:{cifar_small}")
     teacher = load_torchscript(SHARED_MODELS / "resnet56_cifar10.torchscript.pt")

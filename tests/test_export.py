@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import run_cli
 
-from edgecnn import agent
-from edgecnn.data import load_data
-from edgecnn.export import export_onnx, quantize_onnx, quantize_tflite
-from edgecnn.models import ModelInfo, build_model, save_model
-from edgecnn.recipe import TrainConfig
-from edgecnn.runtimes import parity, runtime_logits
-from edgecnn.train import fit, predict
+from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
+from edgecnn.compress.train import fit, predict
+from edgecnn.config.recipe import TrainConfig
+from edgecnn.data.datasets import load_data
+from edgecnn.models.files import ModelInfo, build_model, save_model
+from edgecnn.runtime import agent
+from edgecnn.runtime.host import parity, runtime_logits
 
 ODD_NET = '''
 import torch
@@ -111,8 +111,8 @@ def test_channels_last_weights_export_as_their_model(tmp_path):
     """Training leaves weights channels-last; litert-torch turned the shared ResNet-56 so into garbage (3e4 off)."""
     from conftest import SHARED_MODELS, needs_shared
 
-    from edgecnn.export import export_tflite, for_export
-    from edgecnn.models import load_weights
+    from edgecnn.compress.export import export_tflite, for_export
+    from edgecnn.models.files import load_weights
 
     needs_shared(SHARED_MODELS)
     info = ModelInfo(f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", {"depth": 56}, 10, (3, 32, 32))

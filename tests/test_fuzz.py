@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecnn.cli import main
-from edgecnn.recipe import Recipe
+from edgecnn.config.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
@@ -42,8 +42,8 @@ def fuzz(n: int):
 @pytest.fixture(scope="module")
 def real_files(tmp_path_factory) -> dict[str, bytes]:
     """Bytes of real, loadable files: an edgecnn model, a state_dict, ONNX and TFLite exports."""
-    from edgecnn.export import export_onnx, export_tflite
-    from edgecnn.models import ModelInfo, build_model, save_model
+    from edgecnn.compress.export import export_onnx, export_tflite
+    from edgecnn.models.files import ModelInfo, build_model, save_model
 
     d = tmp_path_factory.mktemp("real")
     info = ModelInfo("lenet_small", {}, 10, (1, 28, 28), [0.1307], [0.3081])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecnn.artifacts import outputs_intact, read_manifest
+from edgecnn.core.artifacts import outputs_intact, read_manifest
 from tests.conftest import QUICKSTART, REPO, run_cli
 from tests.test_resume import FAST, STAGES
 
@@ -66,8 +66,8 @@ def test_disk_full_stops_cleanly_and_resumes(small_disk):
 
 MEMORY_LIMITED = textwrap.dedent("""
     import resource, sys
-    import torch, edgecnn.cli, edgecnn.stages, edgecnn.data  # imports first: they need address space too
-    from edgecnn.data import load_data
+    import torch, edgecnn.cli, edgecnn.pipeline.stages, edgecnn.data.datasets  # imports first: need address space
+    from edgecnn.data.datasets import load_data
     load_data("mnist5k")
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))

@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from edgecnn import agent
-from edgecnn.errors import UserError
-from edgecnn.export import export_onnx, export_tflite
-from edgecnn.models import ModelInfo, build_model, count_macs_params, load_model_file, save_model
-from edgecnn.pruning import ChannelPruner, kept_layers, latency_timer
-from edgecnn.recipe import PruneConfig
-from edgecnn.stages.prune import find_ratio
+from edgecnn.compress.export import export_onnx, export_tflite
+from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer
+from edgecnn.config.recipe import PruneConfig
+from edgecnn.core.errors import UserError
+from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, save_model
+from edgecnn.pipeline.stages.prune import find_ratio
+from edgecnn.runtime import agent
 
 USER_MODEL = str(REPO / "tests" / "models" / "edge_blocks.py") + ":EdgeNet"
 TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
@@ -130,7 +130,7 @@ def test_pruned_file_reloads_in_a_fresh_process(tmp_path):
         before.load_state_dict(model.state_dict())
     code = (
         "import sys, json, numpy as np, torch\nfrom pathlib import Path\n"
-        "from edgecnn.models import load_model_file\n"
+        "from edgecnn.models.files import load_model_file\n"
         "m, info = load_model_file(Path(sys.argv[1]))\n"
         "x = torch.load(sys.argv[2], weights_only=True)\n"
         "with torch.no_grad(): out = m(x).numpy()\n"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgecnn.runtimes import runtime_logits
+from edgecnn.runtime.host import runtime_logits
 
 CONTRACT_FIELDS = {"name", "format", "precision", "path", "size_bytes", "params", "macs", "accuracy", "eval_samples",
                    "latency_ms", "peak_memory_mb", "runtime", "device", "threads", "parity"}
@@ -69,7 +69,7 @@ def test_run_directory_layout(quickstart_run):
 @pytest.mark.parametrize("rel", ["export/model.onnx", "quantize/model.int8.tflite"])
 def test_reported_accuracy_reproduces_in_the_runtime(quickstart_run, quickstart_report, rel):
     """The number in the report is what the runtime gives when asked again."""
-    from edgecnn.data import load_data
+    from edgecnn.data.datasets import load_data
 
     data = load_data("mnist5k")
     acc, logits = runtime_logits(quickstart_run / rel, data, data.test)

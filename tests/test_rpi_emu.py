@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from edgecnn.devices import EmulatedTransport, get_profile
-from edgecnn.runtimes import AGENT_PATH
+from edgecnn.devices.profiles import EmulatedTransport, get_profile
+from edgecnn.runtime.host import AGENT_PATH
 
 
 @pytest.fixture(scope="session")

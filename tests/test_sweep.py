@@ -19,9 +19,9 @@ import pytest
 import yaml
 from conftest import REPO, run_cli
 
-from edgecnn.errors import UserError
-from edgecnn.recipe import recipe_from_dict
-from edgecnn.sweep import plan_shared, plan_variants
+from edgecnn.config.recipe import recipe_from_dict
+from edgecnn.core.errors import UserError
+from edgecnn.pipeline.sweep import plan_shared, plan_variants
 
 TINY = {
     "name": "tiny_sweep",

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import SHARED_MODELS, needs_shared, run_cli
 
-from edgecnn.models import load_model_file
-from edgecnn.pipeline import Context, run_stages
-from edgecnn.recipe import recipe_from_dict
-from edgecnn.stages.teacher import TeacherStage
+from edgecnn.config.recipe import recipe_from_dict
+from edgecnn.models.files import load_model_file
+from edgecnn.pipeline.context import Context
+from edgecnn.pipeline.runner import run_stages
+from edgecnn.pipeline.stages.teacher import TeacherStage
 
 PY_CLASS = f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet"
 STATE_DICT = SHARED_MODELS / "resnet56_cifar10.state_dict.pt"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from edgecnn.recipe import Recipe, recipe_dict
+from edgecnn.config.recipe import Recipe, recipe_dict
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "recipes" / "template.yaml"
 

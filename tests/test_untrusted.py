@@ -13,9 +13,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from edgecnn.artifacts import outputs_intact, safe_join
 from edgecnn.cli import main
-from edgecnn.errors import UserError
+from edgecnn.core.artifacts import outputs_intact, safe_join
+from edgecnn.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_manifest_naming_outside_files_is_not_trusted(tmp_path):
     stage = tmp_path / "run" / "export"
     stage.mkdir(parents=True)
     (tmp_path / "run" / "report.json").write_text("{}")
-    from edgecnn.artifacts import file_sha256
+    from edgecnn.core.artifacts import file_sha256
 
     digest = file_sha256(tmp_path / "run" / "report.json")
     assert not outputs_intact(stage, {"outputs": {"../report.json": digest}})

@@ -1,0 +1,1 @@
+"""Analysis: run reports, comparisons and Pareto fronts."""

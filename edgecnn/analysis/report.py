@@ -1,0 +1,177 @@
+"""report.json, report.md and the size/accuracy/latency plot of a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.core.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from edgecnn.core.environment import environment
+
+SCHEMA = "edgecnn-report/1"
+
+
+def build_report(recipe: dict, results: dict[str, dict], status: dict[str, str], data: dict) -> dict:
+    """The report: recipe, environment, stage summaries and every measured model."""
+    stages = {}
+    for name, st in status.items():
+        r = {k: v for k, v in results.get(name, {}).items() if k not in ("models", "_hash")}
+        stages[name] = {"status": st, **r}
+    return {
+        "schema": SCHEMA,
+        "recipe": recipe,
+        "environment": environment(),
+        "data": data,
+        "stages": stages,
+        "reused_stages": [n for n, s in status.items() if s == "reused"],
+        "models": results.get("bench", {}).get("models", []),
+        "pruning": pruning_summary(results, results.get("bench", {}).get("models", [])),
+    }
+
+
+def pruning_summary(results: dict[str, dict], models: list[dict]) -> dict | None:
+    """MACs and params before/after pruning, and the pruned model's latency against the unpruned one."""
+    r = results.get("prune")
+    if not r or "macs_before" not in r:
+        return None
+    keys = ("source", "mode", "ratio", "macs_before", "macs_after", "macs_reduction", "params_before", "params_after")
+    out = {k: r.get(k) for k in keys}
+    out["latency_while_pruning"] = r.get("latency")
+    unpruned_name = "student" if r.get("source") == "distill" else "teacher"
+    for m in models:
+        if m["format"] != "pytorch" or not m.get("latency_ms") or not m["name"].endswith("-pruned"):
+            continue
+        ref = [u for u in models if u["name"] == unpruned_name and u["format"] == "pytorch" and u.get("latency_ms")]
+        if ref:
+            a, b = ref[0]["latency_ms"]["p50"], m["latency_ms"]["p50"]
+            out["latency_bench"] = {"format": "pytorch", "runtime": m.get("runtime"), "device": m.get("device"),
+                                    "threads": m.get("threads"), "unpruned_p50_ms": a, "pruned_p50_ms": b,
+                                    "speedup": a / b if b else None}
+    return out
+
+
+def pruning_line(p: dict | None) -> str:
+    """One report.md sentence on what pruning bought."""
+    if not p:
+        return ""
+    source = {"distill": "student", "teacher": "teacher"}.get(p["source"], p["source"])
+    text = (f"Pruning ({source}): MACs {p['macs_before']:,} -> {p['macs_after']:,} "
+            f"({p['macs_reduction']:.2f}x fewer), params {p['params_before']:,} -> {p['params_after']:,}")
+    lat = p.get("latency_bench") or {}
+    if lat.get("speedup"):
+        text += (f"; {lat['device']} {lat['runtime']} p50 {lat['unpruned_p50_ms']:.3f} -> "
+                 f"{lat['pruned_p50_ms']:.3f} ms (speedup {lat['speedup']:.2f}x)")
+    return text + "."
+
+
+def fmt_cell(v, spec: str, none: str = "-") -> str:
+    """A table cell: `v` formatted with `spec`, or `none` when there is no value."""
+    return none if v is None else format(v, spec)
+
+
+def model_rows(models: list[dict]) -> list[list[str]]:
+    """Table rows: name, format, precision, device, size, params, MACs, accuracy, p50, p90, memory, runtime."""
+    rows = []
+    for m in models:
+        lat = m.get("latency_ms") or {}
+        dev = m.get("device", "") + (" (emulated)" if m.get("emulated") else "")
+        rows.append(
+            [
+                m["name"],
+                m["format"],
+                m["precision"],
+                dev,
+                fmt_cell(m.get("size_bytes", 0) / 1024, ".1f"),
+                fmt_cell(m.get("params"), ","),
+                fmt_cell(m.get("macs"), ","),
+                fmt_cell(m.get("accuracy"), ".4f"),
+                fmt_cell(lat.get("p50"), ".3f"),
+                fmt_cell(lat.get("p90"), ".3f"),
+                fmt_cell(m.get("peak_memory_mb"), ".0f"),
+                m.get("runtime", ""),
+            ]
+        )
+    return rows
+
+
+HEADER = [
+    "model",
+    "format",
+    "precision",
+    "device",
+    "size KB",
+    "params",
+    "MACs",
+    "accuracy",
+    "p50 ms",
+    "p90 ms",
+    "peak MB",
+    "runtime",
+]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of formatted cells ('|' inside a cell becomes '/')."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_plot(models: list[dict], path: Path, title: str) -> None:
+    """Accuracy against p50 latency (marker area ~ file size), one colour per format."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"pytorch": "tab:blue", "onnx": "tab:orange", "tflite": "tab:green"}
+    for m in models:
+        if m.get("accuracy") is None or not m.get("latency_ms"):
+            continue
+        x, y = m["latency_ms"]["p50"], 100 * m["accuracy"]
+        ax.scatter(
+            x,
+            y,
+            s=20 + 200 * (m["size_bytes"] / max(mm["size_bytes"] for mm in models)),
+            c=colours.get(m["format"], "grey"),
+            marker="o" if m["precision"] == "fp32" else "s",
+            alpha=0.7,
+        )
+        ax.annotate(
+            f"{m['name']} {m['format']} {m['precision']}", (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points"
+        )
+    ax.set_xlabel("p50 latency, batch 1 (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title + " (circles fp32, squares int8; area ~ size)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    """Write report.json, report.md and pareto.png atomically."""
+    models = report["models"]
+    name = report["recipe"].get("name", "run")
+    atomic_write_json(run_dir / "report.json", report)
+    env = report["environment"]
+    md = [
+        f"# edgecnn report: {name}",
+        "",
+        f"Data: `{report['data'].get('spec')}`, evaluated on {models[0]['eval_samples'] if models else 0} test images. "
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
+        f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs.",
+        "",
+        markdown_table(HEADER, model_rows(models)),
+        "",
+        pruning_line(report.get("pruning")),
+        "",
+        "Stages: " + ", ".join(f"{k} ({v['status']})" for k, v in report["stages"].items()),
+        "",
+        "![pareto](pareto.png)",
+        "",
+    ]
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
+    if models:
+        write_plot(models, run_dir / "pareto.png", name)

@@ -1,0 +1,1 @@
+"""Compression steps: training and distillation, pruning, export, int8 quantization."""

@@ -1,0 +1,79 @@
+"""Choosing an int8 model by measurement: candidates, their accuracy and latency, the winner.
+
+Every candidate file is measured by the agent (edgecnn/runtime/agent.py, in its own process) on the
+evaluation split and at batch 1, exactly as the bench stage measures it. The winner is the
+fastest candidate within the accuracy budget; it is deployed only where it beats fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.config.recipe import BenchConfig, OnnxQuantConfig
+from edgecnn.runtime.host import run_agent_local
+
+# What `select: auto` tries besides the recipe's own ONNX config (per-channel int8 weights throughout).
+ONNX_AUTO = [
+    {"format": "qdq", "activation": "uint8", "method": "minmax"},
+    {"format": "qoperator", "activation": "uint8", "method": "minmax"},
+    {"format": "qdq", "activation": "int8", "method": "minmax"},
+    {"format": "qdq", "activation": "uint8", "method": "percentile"},
+    {"format": "qdq", "activation": "uint8", "method": "entropy"},
+]
+
+
+# Accuracies are float32 ratios (0.97 is 0.9700000286...): a loss equal to the budget must pass.
+ACCURACY_TOLERANCE = 1e-6
+
+def onnx_candidates(cfg: OnnxQuantConfig, select: str) -> list[dict]:
+    """The ONNX int8 configs to try: the recipe's, then (auto) the usual alternatives, without repeats."""
+    base = cfg.model_dump()
+    out = [base]
+    if select == "auto":
+        for c in ONNX_AUTO:
+            cand = {**base, "per_channel": True, "weight": "int8", **c}
+            if cand not in out:
+                out.append(cand)
+    return out
+
+
+def describe(config: dict) -> str:
+    """A short label, e.g. `qdq u8-act minmax per-channel`."""
+    if "format" not in config:
+        return f"pt2e {config.get('io', 'int8')}-io" + (" per-channel" if config.get("per_channel") else "")
+    act = {"uint8": "u8", "int8": "s8"}[config["activation"]]
+    pc = " per-channel" if config["per_channel"] else ""
+    rr = " reduce-range" if config.get("reduce_range") == "true" else ""
+    return f"{config['format']} {act}-act {config['method']}{pc}{rr}"
+
+
+def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict:
+    """Accuracy (whole evaluation split), logits and batch-1 latency of one file, by the agent."""
+    m = run_agent_local(
+        path,
+        npz,
+        threads=bench.threads,
+        warmup=bench.warmup,
+        min_iters=bench.min_iters,
+        min_seconds=min(bench.min_seconds, 0.5),
+        logits_out=logits_out,
+    )
+    return {
+        "accuracy": m["accuracy"],
+        "p50_ms": m["latency_ms"]["p50"],
+        "threads": m["threads"],
+        "logits": np.load(logits_out),
+    }
+
+
+def within_budget(reference_accuracy: float, accuracy: float, budget: float) -> bool:
+    """True when `accuracy` loses at most `budget` top-1 against the reference."""
+    return reference_accuracy - accuracy <= budget + ACCURACY_TOLERANCE
+
+
+def choose(candidates: list[dict], reference_accuracy: float, budget: float) -> dict | None:
+    """The fastest candidate losing at most `budget` top-1 against the reference; None if none does."""
+    ok = [c for c in candidates if within_budget(reference_accuracy, c["accuracy"], budget)]
+    return min(ok, key=lambda c: c["p50_ms"]) if ok else None

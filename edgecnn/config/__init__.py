@@ -1,0 +1,1 @@
+"""Recipes: the typed, validated configuration of a run."""

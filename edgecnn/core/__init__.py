@@ -1,0 +1,1 @@
+"""Foundations every layer uses: errors, atomic files and manifests, environment facts, console output."""

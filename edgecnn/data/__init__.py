@@ -1,0 +1,1 @@
+"""Datasets: reading images as users hold them, splits, batches and augmentation."""

@@ -1,0 +1,1 @@
+"""Devices: profiles, transports (local, SSH, emulated ARM64) and deployment."""

@@ -1,0 +1,342 @@
+"""Deploy: benchmark a run's deployable models on a device and merge the results into its report.
+
+The device gets a fresh work directory with the models it can run (by its profile's preferred
+runtimes), `edgecnn/runtime/agent.py` and the run's evaluation batch (`bench/eval.npz`); the agent runs
+there once per model and prints JSON, which comes back as report.json model entries with
+`device` set to the device's name. The work directory is removed afterwards unless `keep`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecnn.core.artifacts import safe_join
+from edgecnn.core.errors import UserError
+from edgecnn.devices.profiles import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
+from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
+
+AGENT_TIMEOUT = 3600
+EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".ts": "pytorch", ".torchscript": "pytorch"}
+STAGE_OF = {"teacher": "teacher", "student": "distill"}
+
+
+@dataclass
+class Job:
+    """One model file to benchmark, and the report fields it carries over from the local run."""
+
+    file: Path
+    format: str
+    base: dict
+
+
+def _remote_name(job: Job, run_dir: Path | None) -> str:
+    """A unique, shell-safe file name on the device (the run-relative path with `/` -> `__`)."""
+    rel = job.file.relative_to(run_dir) if run_dir and job.file.is_relative_to(run_dir) else Path(job.file.name)
+    return "__".join(rel.parts)
+
+
+def read_report(run_dir: Path) -> dict:
+    """A run directory's report.json, or a UserError saying how to make one."""
+    path = run_dir / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"{run_dir}: no report.json; give a finished run directory (edgecnn compress) or a model file"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path}: unreadable report ({e.__class__.__name__}); rerun `edgecnn compress --resume`"
+        ) from None
+
+
+def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
+    """The run's models the device can take: one job per locally benchmarked (name, format, precision)."""
+    local_device = (report.get("recipe", {}).get("bench") or {}).get("device", "local-cpu")
+    seen, jobs = set(), []
+    for m in report.get("models", []):
+        key = (m["name"], m["format"], m["precision"])
+        if m.get("device", local_device) != local_device or key in seen or m["format"] not in formats:
+            continue
+        seen.add(key)
+        if m["format"] == "pytorch":
+            stage = STAGE_OF.get(m["name"], "prune" if m["name"].endswith("-pruned") else m["name"])
+            file = run_dir / "bench" / f"{stage}.ts"
+        else:  # report.json is input too: a path in it may not reach outside the run directory
+            try:
+                file = safe_join(run_dir, m["path"])
+            except UserError:
+                raise UserError(
+                    f"{run_dir / 'report.json'}: model path {m['path']!r} lies outside the run directory; "
+                    "regenerate the report with `edgecnn compress --resume`"
+                ) from None
+        if not file.is_file():
+            raise UserError(f"{file}: missing from the run; rerun `edgecnn compress --resume` on {run_dir}")
+        base = {k: m.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "params", "macs", "parity")}
+        jobs.append(Job(file, m["format"], base))
+    return jobs
+
+
+def model_job(path: Path) -> Job:
+    """A single model file (.onnx, .tflite or TorchScript) as a job."""
+    fmt = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: cannot deploy this format; give .onnx, .tflite or a TorchScript .ts file")
+    base = {
+        "name": path.stem,
+        "format": fmt,
+        "precision": "int8" if ".int8" in path.name else "fp32",
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "params": None,
+        "macs": None,
+        "parity": None,
+    }
+    return Job(path, fmt, base)
+
+
+def _agent_json(proc, profile: DeviceProfile, what: str) -> dict:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:200]
+        if "No module named 'numpy'" in proc.stderr:
+            raise UserError(
+                f"device {profile.name}: {profile.python} there has no numpy; install numpy and a runtime "
+                "(tflite-runtime or onnxruntime) on the device, or set `python:` in its profile"
+            ) from None
+        raise UserError(f"device {profile.name}: the agent failed on {what} ({err})") from None
+    if "error" in result:
+        raise UserError(f"device {profile.name}: the agent failed on {what} ({result['error'][:300]})")
+    return result
+
+
+def choose_runtime(profile: DeviceProfile, fmt: str, available: dict) -> str | None:
+    """The device's first preferred runtime that runs `fmt` and is installed there."""
+    for rt in profile.runtimes:
+        if rt not in FORMAT_RUNTIMES[fmt]:
+            continue
+        installed = rt in available or (rt == "torch-cuda" and "torch" in available)
+        if installed:
+            return rt
+    return None
+
+
+def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
+    entry = {
+        **job.base,
+        **measured(m),
+        "device": profile.name,
+        "emulated": profile.emulated,
+        "machine": m["machine"],
+        "device_python": m["python"],
+    }
+    if profile.emulated:
+        entry["notes"] = [f"latency measured under qemu-user emulation ({profile.cpu}), not on real hardware"]
+    return entry
+
+
+def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> dict:
+    """A model the agent could not measure on the device: null measurements and the reason."""
+    return {
+        **job.base,
+        **dict.fromkeys(MEASURED),
+        "runtime": runtime,
+        "device": profile.name,
+        "emulated": profile.emulated,
+        "notes": [why],
+    }
+
+
+def benchmark_on_device(
+    profile: DeviceProfile,
+    jobs: list[Job],
+    npz: Path,
+    *,
+    run_dir: Path | None = None,
+    threads: int | None = None,
+    min_seconds: float = 1.0,
+    warmup: int = 10,
+    min_iters: int = 50,
+    keep: bool = False,
+    strict: bool = False,
+    log=None,
+) -> tuple[list[dict], dict]:
+    """Copy the jobs, the agent and the batch to a fresh work dir on the device, run them, clean up.
+
+    A model the agent fails on becomes an entry with null measurements and a note, unless `strict`.
+    """
+    for j in jobs:
+        if j.format not in profile.formats():
+            raise UserError(
+                f"{j.file}: device {profile.name} runs {' and '.join(profile.formats())} models, not {j.format}; "
+                "deploy the model's exported .onnx or .tflite file"
+            )
+    transport = transport_for(profile)
+    _check_ready(transport)
+    python = transport.python_argv()
+    workdir = transport.mkdtemp()
+    info: dict = {"workdir": workdir}
+    try:
+        transport.put([AGENT_PATH, npz], workdir)
+        proc = transport.run([*python, AGENT_PATH.name, "--list-runtimes"], workdir, timeout=300)
+        probe = _agent_json(proc, profile, "--list-runtimes")
+        info.update({k: probe.get(k) for k in ("runtimes", "machine", "python", "numpy")})
+        plan = [(j, choose_runtime(profile, j.format, probe["runtimes"])) for j in jobs]
+        info["skipped"] = [
+            f"{j.base['name']} {j.format} {j.base['precision']}: no {j.format} runtime" for j, rt in plan if not rt
+        ]
+        plan = [(j, rt) for j, rt in plan if rt]
+        if not plan:
+            wanted = sorted({rt for j in jobs for rt in profile.runtimes if rt in FORMAT_RUNTIMES[j.format]})
+            raise UserError(
+                f"device {profile.name}: no runtime there for these models (has: "
+                f"{', '.join(probe['runtimes']) or 'none'}; profile wants: {', '.join(profile.runtimes)}); "
+                f"install one of {', '.join(wanted) or 'tflite-runtime, onnxruntime'} on the device"
+            )
+        staged = [(j, rt, _remote_name(j, run_dir)) for j, rt in plan]
+        _put_renamed(transport, [(j.file, name) for j, _, name in staged], workdir)
+        entries = []
+        for j, rt, name in staged:
+            if log:
+                log(f"{profile.name}: {j.base['name']} {j.format} {j.base['precision']} on {rt}")
+            argv = [
+                *python,
+                AGENT_PATH.name,
+                "--model",
+                name,
+                "--data",
+                npz.name,
+                "--runtime",
+                rt,
+                "--threads",
+                str(profile.threads if threads is None else threads),
+                "--min-seconds",
+                str(min_seconds),
+                "--warmup",
+                str(warmup),
+                "--min-iters",
+                str(min_iters),
+            ]
+            proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
+            try:
+                entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile))
+            except UserError as e:  # one model failing there: recorded, the others still measured
+                if strict:
+                    raise
+                if log:
+                    log(f"{profile.name}: {e}")
+                entries.append(_failed_entry(j, profile, rt, str(e)))
+    finally:
+        if not keep:
+            transport.remove(workdir)
+    return entries, info
+
+
+def _put_renamed(transport: Transport, files: list[tuple[Path, str]], workdir: str) -> None:
+    """Copy files under new names (through a local staging folder of hard links or copies)."""
+    with tempfile.TemporaryDirectory(prefix="edgecnn-deploy-") as tmp:
+        staged = []
+        for src, name in files:
+            dst = Path(tmp) / name
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy(src, dst)
+            staged.append(dst)
+        transport.put(staged, workdir)
+
+
+def _check_ready(transport: Transport) -> None:
+    if transport.profile.transport == "local":
+        reason = transport.probe()
+        if reason:
+            raise UserError(f"device {transport.profile.name}: {reason}; use local-cpu or another device")
+
+
+def merge_into_report(run_dir: Path, report: dict, entries: list[dict], deployment: dict) -> dict:
+    """Add device entries to report.json (replacing the same device+model+format+precision), rewrite report.md."""
+    from edgecnn.analysis.report import write_report
+
+    def key(m: dict) -> tuple:
+        return (m.get("device"), m["name"], m["format"], m["precision"])
+
+    new = {key(e) for e in entries}
+    report["models"] = [m for m in report.get("models", []) if key(m) not in new] + entries
+    report.setdefault("deployments", {})[deployment["device"]] = deployment
+    write_report(run_dir, report)
+    return report
+
+
+def deploy(
+    target: Path,
+    device: str,
+    *,
+    npz: Path | None = None,
+    threads: int | None = None,
+    min_seconds: float | None = None,
+    keep: bool = False,
+    log=None,
+) -> list[dict]:
+    """Benchmark a run directory's (or one model file's) deployable models on `device`.
+
+    For a run directory the entries are merged into its report.json/report.md; for a single model
+    file `npz` is the evaluation batch to use.
+    """
+    profile = get_profile(device)
+    if target.is_dir():
+        report = read_report(target)
+        run_npz = target / "bench" / "eval.npz"
+        if not run_npz.is_file():
+            raise UserError(f"{run_npz}: missing; rerun `edgecnn compress --resume` on {target} to benchmark it")
+        jobs = run_jobs(target, report, profile.formats())
+        if not jobs:
+            raise UserError(
+                f"{target}: no model there in a format device {profile.name} runs ({', '.join(profile.formats())})"
+            )
+        bench = report.get("recipe", {}).get("bench") or {}
+        entries, info = benchmark_on_device(
+            profile,
+            jobs,
+            run_npz,
+            run_dir=target,
+            threads=threads,
+            min_seconds=bench.get("min_seconds", 1.0) if min_seconds is None else min_seconds,
+            warmup=bench.get("warmup", 10),
+            min_iters=bench.get("min_iters", 50),
+            keep=keep,
+            log=log,
+        )
+        deployment = {
+            "device": profile.name,
+            "target": profile.target(),
+            "transport": profile.transport,
+            "emulated": profile.emulated,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **{k: v for k, v in info.items() if k != "workdir"},
+            **({"kept_workdir": info["workdir"]} if keep else {}),
+        }
+        merge_into_report(target, report, entries, deployment)
+        return entries
+    if not target.is_file():
+        raise UserError(f"{target}: not found; give a run directory or a model file")
+    if npz is None:
+        raise UserError(f"{target}: a single model needs evaluation data; pass --data")
+    entries, _ = benchmark_on_device(
+        profile,
+        [model_job(target)],
+        npz,
+        threads=threads,
+        min_seconds=min_seconds or 1.0,
+        keep=keep,
+        strict=True,
+        log=log,
+    )
+    return entries

@@ -1,0 +1,1 @@
+"""Models: the zoo, user models and edgecnn's model files."""

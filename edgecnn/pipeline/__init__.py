@@ -1,0 +1,1 @@
+"""The pipeline: run directories, stages, resume, preflight checks and sweeps."""

@@ -1,0 +1,81 @@
+"""What the stages share (Context) and what a stage is (Stage)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.core.errors import UserError
+from edgecnn.data.datasets import Dataset, load_data
+
+
+@dataclass
+class Context:
+    """What every stage shares: the recipe, the run directory, data and earlier stages' results."""
+
+    recipe: Recipe
+    run_dir: Path
+    results: dict[str, dict] = field(default_factory=dict)
+    _data: Dataset | None = None
+    _data_sha256: str | None = None
+    checked: bool = False
+
+    @property
+    def data(self) -> Dataset:
+        if self._data is None:
+            d = self.recipe.data
+            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std)
+        return self._data
+
+    @property
+    def data_sha256(self) -> str:
+        """A hash of the decoded data (every split's images and labels) and its normalisation."""
+        if self._data_sha256 is None:
+            d, h = self.data, hashlib.sha256()
+            for split in (d.train, d.val, d.test):
+                for t in (split.x, split.y):
+                    h.update(str((t.dtype, tuple(t.shape))).encode())
+                    h.update(t.contiguous().numpy().tobytes())
+            h.update(repr((d.mean, d.std, d.classes)).encode())
+            self._data_sha256 = h.hexdigest()
+        return self._data_sha256
+
+    @property
+    def augment(self) -> bool:
+        a = self.recipe.data.augment
+        if a == "auto":
+            c, h, w = self.data.input_shape
+            return c == 3 and h == w == 32
+        return a == "cifar"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def latest_model(self) -> tuple[str, Path]:
+        """The stage and file of the most compressed PyTorch model so far."""
+        for stage in ("prune", "distill", "teacher"):
+            r = self.results.get(stage)
+            if r and r.get("model_file"):
+                return stage, self.stage_dir(stage) / r["model_file"]
+        raise UserError("no model to compress: the recipe needs a teacher or a student")
+
+
+class Stage:
+    """A pipeline stage: a config slice, the stages it reads, and `run` producing files + result."""
+
+    name: str = ""
+    reads: tuple[str, ...] = ()
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return True
+
+    def config(self, recipe: Recipe) -> Any:
+        """The part of the recipe this stage's output depends on (hashed into its key)."""
+        return recipe_dict(recipe).get(self.name)
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        """Write this stage's artifacts into `out` and return its result record."""
+        raise NotImplementedError

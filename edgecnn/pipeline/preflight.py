@@ -1,0 +1,73 @@
+"""Preflight: load everything a recipe names (data, models, weights) before the pipeline touches the run
+directory, so bad input fails in seconds and leaves a run intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecnn.core.errors import UserError
+
+if TYPE_CHECKING:
+    from edgecnn.pipeline.context import Context
+
+def preflight(ctx: Context) -> None:
+    """Load what the recipe names (data, teacher, student, weights) and check names it uses, failing fast.
+
+    The stages load the same things the same way later; doing it first means bad input never
+    costs a training run, and nothing in an existing run directory is touched before it is found.
+    """
+    from edgecnn.devices.profiles import check_bench_device
+    from edgecnn.models.files import build_model, load_weights
+    from edgecnn.models.user import data_model_info, load_user_model
+
+    recipe = ctx.recipe
+    check_bench_device(recipe.bench.device)
+    data = ctx.data
+    t = recipe.teacher
+    teacher = None
+    if t.model or t.weights:
+        teacher, _ = load_user_model(t.model or "lenet", t.kwargs, t.weights, data, "teacher")
+    elif t.kwargs:
+        teacher = build_model(data_model_info(data, "lenet", t.kwargs))
+    s = recipe.student
+    student = None
+    if s is not None and s.model is not None:
+        student = build_model(data_model_info(data, s.model, s.kwargs))
+        if s.weights:
+            load_weights(student, Path(s.weights))
+    for field, model in (("teacher", teacher), ("student", student)):
+        if model is not None:
+            check_forward(model, data.input_shape, data.num_classes, field)
+    if recipe.prune is not None and recipe.prune.ignored_layers:
+        pruned = student if student is not None else teacher
+        if pruned is not None:
+            names = dict(pruned.named_modules())
+            missing = [n for n in recipe.prune.ignored_layers if n not in names]
+            if missing:
+                examples = ", ".join(list(names)[1:6])
+                raise UserError(f"prune.ignored_layers: no layer named {missing[0]!r}; layers are e.g. {examples}")
+
+
+def check_forward(model, input_shape: tuple[int, ...], num_classes: int, field: str) -> None:
+    """Run one all-zero image through a model: kwargs that build a broken network fail here, not in training."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except Exception as e:  # noqa: BLE001 - any failure of the user's network is bad input
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise UserError(
+            f"{field}: the model fails on one {'x'.join(map(str, input_shape))} image of the data "
+            f"({e.__class__.__name__}: {first}); fix {field}.model / {field}.kwargs"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[-1] != num_classes):
+        raise UserError(
+            f"{field}: the model outputs shape {tuple(out.shape)} for one image, the data has {num_classes} "
+            f"classes; fix {field}.model / {field}.kwargs (num_classes)"
+        )

@@ -1,0 +1,117 @@
+"""Bench: accuracy, latency and memory of every model of the run, measured by the agent.
+
+PyTorch models are traced to TorchScript for the agent; ONNX and TFLite files run in their own
+runtimes. Each model runs in its own process, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.core.progress import progress_bar
+from edgecnn.devices.profiles import check_bench_device
+from edgecnn.pipeline.context import Context, Stage
+from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
+
+# local-gpu: TorchScript on PyTorch CUDA, ONNX on ONNX Runtime's CUDA provider; TFLite has no desktop GPU path
+GPU_RUNTIMES = {"pytorch": "torch-cuda", "onnx": "onnxruntime-cuda"}
+
+
+def candidates(ctx: Context) -> list[dict]:
+    """Every model the run produced: PyTorch models of each stage, then exports and int8 files."""
+    out = []
+    for stage in ("teacher", "distill", "prune"):
+        r = ctx.results.get(stage)
+        if not r:
+            continue
+        deployed = Path(r["torchscript"]) if r.get("torchscript") else ctx.stage_dir(stage) / r["model_file"]
+        out.append(
+            {
+                "name": model_name(ctx, stage),
+                "format": "pytorch",
+                "precision": "fp32",
+                "stage": stage,
+                "file": deployed,
+                "params": r.get("params"),
+                "macs": r.get("macs"),
+                "parity": None,
+            }
+        )
+    for stage, precision in (("export", "fp32"), ("quantize", "int8")):
+        r = ctx.results.get(stage)
+        if not r:
+            continue
+        src = ctx.results[r["source"]]
+        for fmt, f in r["files"].items():
+            out.append(
+                {
+                    "name": model_name(ctx, r["source"]),
+                    "format": fmt,
+                    "precision": precision,
+                    "stage": stage,
+                    "file": ctx.stage_dir(stage) / f["file"],
+                    "params": src.get("params"),
+                    "macs": src.get("macs"),
+                    "parity": f["parity"],
+                    "deploy": ctx.results.get("quantize", {}).get("deploy", {}).get(fmt, "fp32") == precision,
+                }
+            )
+    return out
+
+
+class BenchStage(Stage):
+    name = "bench"
+    reads = ("teacher", "distill", "prune", "export", "quantize")
+
+    def config(self, recipe: Recipe) -> dict:
+        return {"bench": recipe_dict(recipe)["bench"], "eval_samples": recipe.data.eval_samples}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        cfg = ctx.recipe.bench
+        check_bench_device(cfg.device)
+        npz = out / "eval.npz"
+        write_eval_npz(ctx.data, eval_split(ctx), npz)
+        models = []
+        todo = [c for c in candidates(ctx) if cfg.device != "local-gpu" or c["format"] in GPU_RUNTIMES]
+        with progress_bar("bench", total=len(todo), unit="models") as bar:
+            for c in todo:
+                models.append(self._measure(ctx, c, npz, out))
+                bar.advance(f"{c['name']} {c['format']} {c['precision']}")
+        return {"models": models}
+
+    def _measure(self, ctx: Context, c: dict, npz: Path, out: Path) -> dict:
+        """Benchmark one candidate with the agent in its own process; a report.json model entry."""
+        cfg = ctx.recipe.bench
+        target = c["file"]
+        if c["format"] == "pytorch":
+            model, _ = load_stage_model(ctx, c["stage"])
+            target = out / f"{c['stage']}.ts"
+            save_torchscript(model, ctx.data.input_shape, target)
+        m = run_agent_local(
+            target,
+            npz,
+            threads=cfg.threads,
+            runtime=GPU_RUNTIMES[c["format"]] if cfg.device == "local-gpu" else "auto",
+            warmup=cfg.warmup,
+            min_iters=cfg.min_iters,
+            min_seconds=cfg.min_seconds,
+        )
+        return {
+            "name": c["name"],
+            "format": c["format"],
+            "precision": c["precision"],
+            "path": str(c["file"].relative_to(ctx.run_dir))
+            if c["file"].is_relative_to(ctx.run_dir)
+            else str(c["file"]),
+            "size_bytes": c["file"].stat().st_size,
+            "params": c["params"],
+            "macs": c["macs"],
+            **measured(m),
+            "device": cfg.device,
+            "parity": c["parity"],
+            "deploy": c.get("deploy", False),
+            "emulated": False,
+        }

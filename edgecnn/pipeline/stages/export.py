@@ -1,0 +1,64 @@
+"""Export: ONNX and TFLite fp32 of the compressed model, each gated on parity with its PyTorch source.
+
+The ONNX file is optionally simplified (export.simplify) before the gate, so the gate checks the
+file that ships. Parity is top-1 agreement with PyTorch over the whole evaluation split, run in
+the real runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.compress.export import export_onnx, export_tflite
+from edgecnn.compress.train import predict
+from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.core.errors import StageFailed
+from edgecnn.core.progress import log
+from edgecnn.pipeline.context import Context, Stage
+from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.host import parity, runtime_logits
+
+EXPORTERS = {"onnx": ("model.onnx", export_onnx), "tflite": ("model.tflite", export_tflite)}
+
+
+def gate(ok: bool, message: str, on_fail: str) -> None:
+    """Fail the run (or warn) when a parity or accuracy check does not hold."""
+    if ok:
+        return
+    if on_fail == "error":
+        raise StageFailed(message + "; set on_fail: warn to keep the model anyway")
+    log(f"[yellow]warning:[/yellow] {message}")
+
+
+class ExportStage(Stage):
+    name = "export"
+    reads = ("teacher", "distill", "prune")
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.export is not None and bool(recipe.export.formats)
+
+    def config(self, recipe: Recipe) -> dict:
+        return {"export": recipe_dict(recipe)["export"], "eval_samples": recipe.data.eval_samples}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        cfg = ctx.recipe.export
+        source, _ = ctx.latest_model()
+        model, _ = load_stage_model(ctx, source)
+        split = eval_split(ctx)
+        ref = predict(model, ctx.data, split).numpy()
+        files = {}
+        for fmt in cfg.formats:
+            name, exporter = EXPORTERS[fmt]
+            args = (cfg.opset, cfg.simplify) if fmt == "onnx" else ()
+            exporter(model, ctx.data.input_shape, out / name, *args)
+            acc, logits = runtime_logits(out / name, ctx.data, split)
+            check = parity(logits, ref, f"{model_name(ctx, source)}/pytorch")
+            gate(
+                check["top1_agreement"] >= cfg.min_agreement,
+                f"{fmt} fp32 export agrees with PyTorch on {check['top1_agreement']:.2%} of images, "
+                f"below export.min_agreement {cfg.min_agreement:.2%}",
+                cfg.on_fail,
+            )
+            files[fmt] = {"file": name, "accuracy": acc, "parity": check}
+        return {"source": source, "files": files}

@@ -1,0 +1,242 @@
+"""Prune: remove channels for real (edgecnn.compress.pruning on Torch-Pruning's dependency graph), then fine-tune.
+
+The target is a channel ratio, a MAC reduction (`2` for 2x fewer MACs), a parameter budget or a
+latency budget (batch-1 p50 on `latency_device`, timed with the benchmark agent's loop while
+searching); MAC, parameter and latency targets are met by bisecting the channel ratio on copies of
+the model. Pruning runs in `iterative_steps` steps with fine-tuning between them, distilling from
+the teacher when there is one (else from the unpruned model). The classifier is always kept whole.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer, pruning_mode
+from edgecnn.compress.train import fit
+from edgecnn.config.recipe import DistillConfig, PruneConfig, Recipe, recipe_dict
+from edgecnn.core.errors import UserError
+from edgecnn.data.datasets import batches
+from edgecnn.models.files import count_macs_params, save_model
+from edgecnn.pipeline.context import Context, Stage
+from edgecnn.pipeline.stages.common import load_stage_model, measure_torch
+
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def make_pruner(
+    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, num_classes: int, steps: int,
+    mode: str | None = None,
+) -> ChannelPruner:
+    """A pruner removing `ratio` of the channels of `model` over `steps` steps, as `cfg` says."""
+    return ChannelPruner(
+        model,
+        example,
+        ratio=ratio,
+        steps=steps,
+        kind=cfg.importance,
+        global_pruning=cfg.global_pruning,
+        round_to=cfg.round_to,
+        ignored=kept_layers(model, cfg.ignored_layers, num_classes),
+        mode=mode,
+    )
+
+
+def taylor_grads(model: nn.Module, ctx: Context, n_batches: int = 4) -> None:
+    """Taylor importance needs gradients of the loss: accumulate a few batches' worth."""
+    model.train()
+    model.zero_grad()
+    for i, (xb, yb) in enumerate(batches(ctx.data.train, 128)):
+        if i == n_batches:
+            break
+        F.cross_entropy(model(ctx.data.normalize(xb)), yb).backward()
+
+
+def prune_copy(
+    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, num_classes: int,
+    mode: str | None = None, grads: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """A one-shot pruned copy of `model` (used to search the ratio that meets a target)."""
+    m = copy.deepcopy(model)
+    pruner = make_pruner(m, cfg, ratio, example, num_classes, 1, mode)
+    if cfg.importance == "taylor" and grads is not None:
+        grads(m)
+    pruner.step()
+    m.zero_grad(set_to_none=True)
+    return m.eval()
+
+
+def target_of(cfg: PruneConfig) -> str | None:
+    """Which target the recipe sets: macs_reduction, params_budget, latency_budget_ms, or None (ratio)."""
+    for name in ("macs_reduction", "params_budget", "latency_budget_ms"):
+        if getattr(cfg, name) is not None:
+            return name
+    return None
+
+
+def find_ratio(
+    model: nn.Module, cfg: PruneConfig, example: torch.Tensor, num_classes: int,
+    mode: str | None = None, grads: Callable[[nn.Module], None] | None = None,
+    timer: Callable[[nn.Module, torch.Tensor], float] | None = None,
+) -> tuple[float, dict]:
+    """The smallest channel ratio meeting the recipe's target (bisection on pruned copies), and the search log.
+
+    An unreachable target raises UserError naming the smallest reachable value.
+    """
+    what = target_of(cfg)
+    shape = tuple(example.shape[1:])
+    base_macs, base_params = count_macs_params(model, shape)
+    if what == "macs_reduction":
+        goal, unit = base_macs / cfg.macs_reduction, "x fewer MACs"
+
+        def value(m):
+            return count_macs_params(m, shape)[0]
+
+        def shown(v):
+            return base_macs / max(v, 1)
+    elif what == "params_budget":
+        goal, unit = cfg.params_budget, " parameters"
+
+        def value(m):
+            return count_macs_params(m, shape)[1]
+
+        def shown(v):
+            return v
+    else:
+        timer = timer or latency_timer(cfg.latency_threads, cfg.latency_device)
+        goal, unit = cfg.latency_budget_ms, f" ms p50 on {cfg.latency_device}"
+
+        def value(m):
+            return timer(m, example)
+
+        def shown(v):
+            return v
+
+    log = {"target": what, "goal": goal, "tried": []}
+
+    def measure(ratio: float) -> float:
+        v = value(prune_copy(model, cfg, ratio, example, num_classes, mode, grads)) if ratio > 0 else value(model)
+        log["tried"].append({"ratio": round(ratio, 4), "value": v})
+        return v
+
+    if measure(0.0) <= goal:
+        return 0.0, log
+    # a coarse scan first: with round_to, the value is not monotonic in the ratio near the ends
+    lo, hi, best = 0.0, None, None
+    for ratio in GRID:
+        v = measure(ratio)
+        best = v if best is None else min(best, v)
+        if v <= goal:
+            hi = ratio
+            break
+        lo = ratio
+    if hi is None:
+        raise UserError(
+            f"prune.{what}: {getattr(cfg, what)} cannot be met with the kept layers; the smallest reachable "
+            f"value is {shown(best):.2f}{unit}" if what != "params_budget" else
+            f"prune.params_budget: {cfg.params_budget} cannot be met with the kept layers; the smallest reachable "
+            f"value is {best:,} parameters"
+        )
+    for _ in range(5 if what == "latency_budget_ms" else 8):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if measure(mid) <= goal else (mid, hi)
+    return hi, log
+
+
+class PruneStage(Stage):
+    name = "prune"
+    reads = ("teacher", "distill")
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.prune is not None
+
+    def config(self, recipe: Recipe) -> dict:
+        r = recipe_dict(recipe)
+        return {"prune": r["prune"], "distill": r["distill"]}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        cfg = ctx.recipe.prune
+        source = "distill" if "distill" in ctx.results else "teacher"
+        model, info = load_stage_model(ctx, source)
+        if info is None:
+            raise UserError(
+                "prune: a TorchScript model cannot be pruned; give teacher.model as file.py:Class "
+                "(or torchvision:NAME) with teacher.weights, or add a student"
+            )
+        shape, n_cls = ctx.data.input_shape, ctx.data.num_classes
+        example = torch.zeros(1, *shape)
+        timer = latency_timer(cfg.latency_threads, cfg.latency_device) if cfg.latency_budget_ms else None
+        before = count_macs_params(model, shape)
+        mode = pruning_mode(
+            model, example, cfg.ratio or 0.3,
+            {"importance": cfg.importance, "global_pruning": cfg.global_pruning, "pruning_ratio": 0.3,
+             "iterative_steps": 1, "round_to": cfg.round_to},
+            kept_layers(model, cfg.ignored_layers, n_cls),
+        )
+        search = None
+        ratio = cfg.ratio
+        if target_of(cfg):
+            ratio, search = find_ratio(model, cfg, example, n_cls, mode, lambda m: taylor_grads(m, ctx), timer)
+        timer = timer or latency_timer(1, "local-cpu")
+        latency_before = timer(model, example)
+        teacher = load_stage_model(ctx, "teacher")[0] if cfg.distill and source == "distill" else None
+        if cfg.distill and source == "teacher":
+            teacher = copy.deepcopy(model).eval()  # fine-tune by distilling from the unpruned self
+        kd = (ctx.recipe.distill or DistillConfig()) if teacher is not None else None
+        pruner = make_pruner(model, cfg, ratio, example, n_cls, cfg.iterative_steps, mode)
+        history = []
+        for step in range(cfg.iterative_steps):
+            if cfg.importance == "taylor":
+                taylor_grads(model, ctx)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            last = step == cfg.iterative_steps - 1
+            epochs = (
+                cfg.epochs - (cfg.epochs // cfg.iterative_steps) * (cfg.iterative_steps - 1)
+                if last
+                else cfg.epochs // cfg.iterative_steps
+            )
+            res = fit(
+                model,
+                ctx.data,
+                cfg.model_copy(update={"epochs": epochs}),
+                seed=ctx.recipe.seed + step,
+                augment=ctx.augment,
+                teacher=teacher,
+                kd=kd,
+                label=f"prune {step + 1}/{cfg.iterative_steps}",
+            )
+            macs, params = count_macs_params(model, shape)
+            history.append({"step": step + 1, "macs": macs, "params": params, "epochs": epochs, "history": res.history})
+        model.eval()
+        save_model(model, info, out / "model.pt")
+        after = count_macs_params(model, shape)
+        latency_after = timer(model, example)
+        return {
+            "model_file": "model.pt",
+            "source": source,
+            "mode": mode,
+            "ratio": ratio,
+            "search": search,
+            "macs_before": before[0],
+            "params_before": before[1],
+            "macs_after": after[0],
+            "params_after": after[1],
+            "macs_reduction": before[0] / max(1, after[0]),
+            "latency": {
+                "device": cfg.latency_device if cfg.latency_budget_ms else "local-cpu",
+                "runtime": f"torch {torch.__version__.split('+')[0]} (eager, in process)",
+                "threads": cfg.latency_threads if cfg.latency_budget_ms else 1,
+                "batch_size": 1,
+                "p50_ms_before": latency_before,
+                "p50_ms_after": latency_after,
+                "speedup": latency_before / latency_after if latency_after else None,
+            },
+            "steps": history,
+            **measure_torch(ctx, model),
+        }

@@ -1,0 +1,206 @@
+"""Quantize: int8 ONNX (onnxruntime static, from the fp32 export) and int8 TFLite (litert-torch PT2E).
+
+Calibration uses the first `data.calib_samples` real training images. With `select: auto` several
+ONNX configs (format, signed/unsigned activations, calibration method) are tried; every candidate
+is measured by the agent on the whole evaluation split and at batch 1 on the local CPU, and the
+fastest within `quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source) is kept.
+When no post-training candidate meets the budget, quantization-aware training (`quantize.qat`)
+fine-tunes the model and its int8 files join the candidates. Each runtime then deploys int8 only
+if it beats that runtime's fp32 file; otherwise the result (and the report) say so and fp32 is
+the deployed model. A budget still missed fails the stage (or warns, with on_fail: warn).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from edgecnn.compress.export import convert_pt2e_tflite, export_onnx, quantize_onnx, quantize_tflite
+from edgecnn.compress.int8_select import choose, describe, measure, onnx_candidates, within_budget
+from edgecnn.compress.qat import QatResult, train_qat
+from edgecnn.compress.train import accuracy, predict
+from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.core.console import quiet_libraries
+from edgecnn.core.progress import log
+from edgecnn.pipeline.context import Context, Stage
+from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.export import gate
+from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.host import parity, write_eval_npz
+
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+class QuantizeStage(Stage):
+    name = "quantize"
+    reads = ("teacher", "distill", "prune", "export")
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.quantize is not None and recipe.quantize.enabled and recipe.export is not None
+
+    def config(self, recipe: Recipe) -> dict:
+        r = recipe_dict(recipe)
+        return {
+            "quantize": r["quantize"],
+            "formats": r["export"]["formats"],
+            "calib": recipe.data.calib_samples,
+            "bench": r["bench"],
+            "eval_samples": recipe.data.eval_samples,
+        }
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        cfg = ctx.recipe.quantize
+        source, _ = ctx.latest_model()
+        model, _ = load_stage_model(ctx, source)
+        split = eval_split(ctx)
+        ref = predict(model, ctx.data, split)
+        self.ref_acc, self.ref_logits = accuracy(ref, split.y), ref.numpy()
+        self.ref_name = f"{model_name(ctx, source)}/pytorch"
+        self.ctx, self.out, self.model, self._qat = ctx, out, model, None
+        files, candidates, notes, deploy = {}, {}, [], {}
+        with tempfile.TemporaryDirectory(dir=out) as work:
+            self.work = Path(work)
+            self.npz = self.work / "eval.npz"
+            write_eval_npz(ctx.data, split, self.npz)
+            for fmt in ctx.recipe.export.formats:
+                fp32_file = ctx.stage_dir("export") / f"model.{fmt}"
+                fp32 = measure(fp32_file, self.npz, ctx.recipe.bench, self.work / "logits.npy")
+                cands = self._post_training(fmt)
+                best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
+                    cands += self._qat_candidates(fmt, best)
+                    best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                if best is None:
+                    best = max(cands, key=lambda c: c["accuracy"])
+                    gate(
+                        False,
+                        f"{fmt} int8 loses {100 * (self.ref_acc - best['accuracy']):.2f} points against fp32 "
+                        f"PyTorch even in its best config ({describe(best['config'])}"
+                        f"{', after QAT' if best['qat'] else ''}); budget quantize.accuracy_budget="
+                        f"{cfg.accuracy_budget}; raise the budget or enable quantize.qat",
+                        cfg.on_fail,
+                    )
+                files[fmt], candidates[fmt], note = self._keep(fmt, best, cands, fp32)
+                deploy[fmt] = files[fmt]["deploy_precision"]
+                if note:
+                    notes.append(note)
+                    log(f"[yellow]note:[/yellow] {note}")
+        result = {"source": source, "files": files, "candidates": candidates, "deploy": deploy, "notes": notes}
+        if self._qat is not None:
+            result["qat"] = {"epochs": len(self._qat.history), "history": self._qat.history}
+        return result
+
+    def _quantize_onnx(self, src: Path, dst: Path, config: dict) -> None:
+        quantize_onnx(
+            src,
+            dst,
+            self.calib().numpy(),
+            fmt=config["format"],
+            activation=config["activation"],
+            weight=config["weight"],
+            per_channel=config["per_channel"],
+            method=config["method"],
+            reduce_range=config.get("reduce_range", "auto"),
+        )
+
+    def calib(self) -> torch.Tensor:
+        return self.ctx.data.normalize(self.ctx.data.train.x[: self.ctx.recipe.data.calib_samples])
+
+    def _measured(self, path: Path, config: dict, qat: bool) -> dict:
+        m = measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy")
+        log(f"  {path.suffix[1:]} int8 {describe(config)}{' QAT' if qat else ''}: "
+            f"accuracy {m['accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
+        return {"config": config, "qat": qat, "path": path, **m}
+
+    def _post_training(self, fmt: str) -> list[dict]:
+        """Post-training int8 candidates of one format, each measured."""
+        cfg, ctx = self.ctx.recipe.quantize, self.ctx
+        out = []
+        if fmt == "onnx":
+            for i, config in enumerate(onnx_candidates(cfg.onnx, cfg.select)):
+                path = self.work / f"cand{i}.int8.onnx"
+                self._quantize_onnx(ctx.stage_dir("export") / "model.onnx", path, config)
+                out.append(self._measured(path, config, False))
+        else:
+            config = cfg.tflite.model_dump()
+            path = self.work / "ptq.int8.tflite"
+            quantize_tflite(
+                self.model, ctx.data.input_shape, self.calib(), path, per_channel=config["per_channel"],
+                io=config["io"],
+            )
+            out.append(self._measured(path, config, False))
+        return out
+
+    def _qat_model(self) -> QatResult:
+        """Fine-tune once under fake int8 quantization (distilling from the teacher when there is one)."""
+        if self._qat is None:
+            ctx, cfg = self.ctx, self.ctx.recipe.quantize
+            teacher = load_stage_model(ctx, "teacher")[0] if "distill" in ctx.results else None
+            kd = ctx.recipe.distill
+            log(f"quantize: quantization-aware training, {cfg.qat.epochs} epoch(s)")
+            self._qat = train_qat(
+                self.model, ctx.data, cfg.qat, seed=ctx.recipe.seed, augment=ctx.augment,
+                per_channel=cfg.tflite.per_channel, teacher=teacher,
+                temperature=kd.temperature if kd else 4.0, alpha=kd.alpha if kd else 0.7,
+            )
+        return self._qat
+
+    def _qat_candidates(self, fmt: str, best: dict | None) -> list[dict]:
+        """The QAT model's int8 file of one format (ONNX: the best post-training config on its weights)."""
+        qat = self._qat_model()
+        ctx = self.ctx
+        if fmt == "tflite":
+            config = ctx.recipe.quantize.tflite.model_dump()
+            path = self.work / "qat.int8.tflite"
+            with quiet_libraries():
+                convert_pt2e_tflite(qat.prepared, qat.quantizer, ctx.data.input_shape, path, config["io"])
+            return [self._measured(path, config, True)]
+        config = (best or {}).get("config") or onnx_candidates(ctx.recipe.quantize.onnx, "fixed")[0]
+        fp32 = self.work / "qat.fp32.onnx"
+        export_onnx(qat.finetuned, ctx.data.input_shape, fp32, ctx.recipe.export.opset, ctx.recipe.export.simplify)
+        path = self.work / "qat.int8.onnx"
+        self._quantize_onnx(fp32, path, config)
+        return [self._measured(path, config, True)]
+
+    def _keep(self, fmt: str, best: dict, cands: list[dict], fp32: dict) -> tuple[dict, list[dict], str | None]:
+        """Move the chosen file into place; its record, the candidate table and a note when fp32 wins."""
+        name = f"model.int8.{fmt}"
+        best["path"].replace(self.out / name)
+        faster = best["p50_ms"] < fp32["p50_ms"]
+        use_int8 = faster or self.ctx.recipe.quantize.select == "fixed"
+        note = None
+        if not faster:
+            note = (
+                f"{RUNTIME[fmt]}: no int8 model is faster than fp32 on {self.ctx.recipe.bench.device} "
+                f"(best int8 p50 {best['p50_ms']:.3f} ms, fp32 {fp32['p50_ms']:.3f} ms, batch 1, "
+                f"{fp32['threads']} thread(s)); "
+                + ("deploying fp32" if not use_int8 else "int8 kept because quantize.select is fixed")
+            )
+        table = [
+            {
+                "config": c["config"],
+                "label": describe(c["config"]),
+                "qat": c["qat"],
+                "accuracy": c["accuracy"],
+                "p50_ms": c["p50_ms"],
+                "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
+                "chosen": c is best,
+            }
+            for c in cands
+        ]
+        table.insert(0, {"config": "fp32", "label": "fp32 export", "qat": False, "accuracy": fp32["accuracy"],
+                         "p50_ms": fp32["p50_ms"], "within_budget": True, "chosen": False})
+        record = {
+            "file": name,
+            "accuracy": best["accuracy"],
+            "reference_accuracy": self.ref_acc,
+            "parity": parity(best["logits"], self.ref_logits, self.ref_name),
+            "config": best["config"],
+            "qat": best["qat"],
+            "p50_ms": best["p50_ms"],
+            "fp32_p50_ms": fp32["p50_ms"],
+            "deploy_precision": "int8" if use_int8 else "fp32",
+        }
+        return record, table, note

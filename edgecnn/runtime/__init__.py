@@ -1,0 +1,1 @@
+"""Runtimes: the on-device agent and the host-side helpers that run it."""

@@ -1,0 +1,119 @@
+"""Host-side runtime helpers: evaluation batches, the agent run locally, and parity checks.
+
+Accuracy and latency of every file are measured by `edgecnn/runtime/agent.py`, the same file that runs
+on remote devices; locally it runs in its own process so peak memory is the inference process's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecnn.core.artifacts import atomic_path, atomic_write_bytes
+from edgecnn.core.errors import StageFailed
+from edgecnn.data.datasets import Dataset, Split
+from edgecnn.runtime import agent
+
+AGENT_PATH = Path(agent.__file__)
+
+
+MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "threads", "batch_size")
+"""The fields of an agent's result that a report entry takes over as they are."""
+
+
+def measured(m: dict) -> dict:
+    """The report fields of one agent result (see MEASURED)."""
+    return {k: m[k] for k in MEASURED}
+
+
+def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
+    """The evaluation batch shipped to the agent: uint8 images, labels, normalisation."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                x=split.x.numpy(),
+                y=split.y.numpy(),
+                mean=np.array(data.mean, np.float32),
+                std=np.array(data.std, np.float32),
+            )
+
+
+def save_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """Trace a model to TorchScript (how PyTorch models are benchmarked by the agent)."""
+    model = model.eval()
+    from edgecnn.models.files import torch_bytes
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, torch.zeros(1, *input_shape))
+        atomic_write_bytes(path, torch_bytes(lambda f: torch.jit.save(traced, f)))
+
+
+def run_agent_local(
+    model: Path,
+    npz: Path,
+    *,
+    threads: int = 1,
+    runtime: str = "auto",
+    warmup: int = 10,
+    min_iters: int = 50,
+    min_seconds: float = 1.0,
+    logits_out: Path | None = None,
+    timeout: float = 1800,
+) -> dict:
+    """Run the agent on this machine in a fresh process and return its JSON."""
+    cmd = [
+        sys.executable,
+        str(AGENT_PATH),
+        "--model",
+        str(model),
+        "--data",
+        str(npz),
+        "--threads",
+        str(threads),
+        "--runtime",
+        runtime,
+        "--warmup",
+        str(warmup),
+        "--min-iters",
+        str(min_iters),
+        "--min-seconds",
+        str(min_seconds),
+    ]
+    if logits_out is not None:
+        cmd += ["--logits-out", str(logits_out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StageFailed(f"{model}: the benchmark agent failed ({tail[:200]})") from None
+    if "error" in result:
+        raise StageFailed(f"{model}: the benchmark agent failed ({result['error'][:300]})")
+    return result
+
+
+def runtime_logits(path: Path, data: Dataset, split: Split, threads: int = 1) -> tuple[float, np.ndarray]:
+    """Accuracy and logits of a model file on a split, in this process, through the agent's code."""
+    rt = agent.open_runtime(str(path), threads)
+    return agent.evaluate(
+        rt, split.x.numpy(), split.y.numpy(), np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    )
+
+
+def parity(logits: np.ndarray, reference: np.ndarray, reference_name: str) -> dict:
+    """Top-1 agreement and max absolute logit difference against a reference's logits."""
+    return {
+        "reference": reference_name,
+        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(logits - reference).max()) if logits.size else 0.0,
+    }
