@@ -113,7 +113,7 @@ BUILTIN = {
 def profile_dirs() -> list[Path]:
     """Where profiles are looked up, first match wins: $EDGECNN_DEVICES, ./devices, the repo's devices/."""
     dirs = [Path(p).expanduser() for p in os.environ.get("EDGECNN_DEVICES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "devices", Path(__file__).resolve().parents[1] / "devices"]
+    dirs += [Path.cwd() / "devices", Path(__file__).resolve().parents[2] / "devices"]
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
