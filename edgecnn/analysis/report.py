@@ -25,7 +25,22 @@ def build_report(recipe: dict, results: dict[str, dict], status: dict[str, str],
         "reused_stages": [n for n, s in status.items() if s == "reused"],
         "models": results.get("bench", {}).get("models", []),
         "pruning": pruning_summary(results, results.get("bench", {}).get("models", [])),
+        "deployments": deployments(results.get("bench", {}).get("deployment")),
     }
+
+
+def deployments(pick: dict | None) -> dict:
+    """report.json `deployments`: per device, the deployed file and its candidates (the run's own device first)."""
+    return {pick["device"]: pick} if pick else {}
+
+
+def deployment_line(report: dict) -> str:
+    """One report.md sentence per device: what is deployed there and why."""
+    lines = []
+    for device, d in (report.get("deployments") or {}).items():
+        if d.get("reason"):
+            lines.append(f"Deployed on {device}: {d['reason']}.")
+    return "\n\n".join(lines)
 
 
 def pruning_summary(results: dict[str, dict], models: list[dict]) -> dict | None:
@@ -124,7 +139,7 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"pytorch": "tab:blue", "onnx": "tab:orange", "tflite": "tab:green"}
+    colours = {"pytorch": "tab:blue", "onnx": "tab:orange", "tflite": "tab:green", "openvino": "tab:purple"}
     for m in models:
         if m.get("accuracy") is None or not m.get("latency_ms"):
             continue
@@ -142,7 +157,7 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
         )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title + " (circles fp32, squares int8; area ~ size)")
+    ax.set_title(title + " (circles fp32, squares int8/bf16/fp16; area ~ size)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -166,6 +181,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         markdown_table(HEADER, model_rows(models)),
         "",
         pruning_line(report.get("pruning")),
+        "",
+        deployment_line(report),
         "",
         "Stages: " + ", ".join(f"{k} ({v['status']})" for k, v in report["stages"].items()),
         "",

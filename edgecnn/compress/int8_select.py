@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.config.recipe import BenchConfig, OnnxQuantConfig
+from edgecnn.analysis.selection import within_budget
+from edgecnn.config.recipe import BenchConfig, OnnxQuantConfig, OpenvinoQuantConfig
 from edgecnn.runtime.host import run_agent_local
 
 # What `select: auto` tries besides the recipe's own ONNX config (per-channel int8 weights throughout).
@@ -23,9 +24,6 @@ ONNX_AUTO = [
     {"format": "qdq", "activation": "uint8", "method": "entropy"},
 ]
 
-
-# Accuracies are float32 ratios (0.97 is 0.9700000286...): a loss equal to the budget must pass.
-ACCURACY_TOLERANCE = 1e-6
 
 def onnx_candidates(cfg: OnnxQuantConfig, select: str) -> list[dict]:
     """The ONNX int8 configs to try: the recipe's, then (auto) the usual alternatives, without repeats."""
@@ -39,8 +37,20 @@ def onnx_candidates(cfg: OnnxQuantConfig, select: str) -> list[dict]:
     return out
 
 
+def openvino_candidates(cfg: OpenvinoQuantConfig, select: str) -> list[dict]:
+    """The NNCF int8 configs to try: the recipe's preset, then (auto) the other one."""
+    base = {"preset": cfg.preset, "subset_size": cfg.subset_size, "fast_bias_correction": cfg.fast_bias_correction}
+    others = [p for p in ("performance", "mixed") if p != cfg.preset] if select == "auto" else []
+    return [base] + [{**base, "preset": p} for p in others]
+
+
 def describe(config: dict) -> str:
     """A short label, e.g. `qdq u8-act minmax per-channel`."""
+    if "inference_precision" in config:
+        return f"{config['inference_precision']} inference"
+    if "preset" in config:
+        full = "" if config.get("fast_bias_correction", True) else " full-bias-correction"
+        return f"nncf {config['preset']}{full}"
     if "format" not in config:
         return f"pt2e {config.get('io', 'int8')}-io" + (" per-channel" if config.get("per_channel") else "")
     act = {"uint8": "u8", "int8": "s8"}[config["activation"]]
@@ -64,13 +74,10 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict
         "accuracy": m["accuracy"],
         "p50_ms": m["latency_ms"]["p50"],
         "threads": m["threads"],
+        "size_bytes": m["size_bytes"],
+        "inference_precision": m.get("inference_precision"),
         "logits": np.load(logits_out),
     }
-
-
-def within_budget(reference_accuracy: float, accuracy: float, budget: float) -> bool:
-    """True when `accuracy` loses at most `budget` top-1 against the reference."""
-    return reference_accuracy - accuracy <= budget + ACCURACY_TOLERANCE
 
 
 def choose(candidates: list[dict], reference_accuracy: float, budget: float) -> dict | None:

@@ -119,6 +119,16 @@ class TfliteQuantConfig(Section):
     per_channel: bool = True
 
 
+class OpenvinoQuantConfig(Section):
+    """OpenVINO files beside the fp32 IR: int8 through NNCF post-training quantization, reduced float precisions."""
+
+    enabled: bool = True
+    preset: Literal["performance", "mixed"] = "performance"
+    subset_size: int | None = Field(None, ge=1, le=100_000, description="calibration images NNCF uses (None: all)")
+    fast_bias_correction: bool = True
+    inference_precisions: list[Literal["bf16", "fp16"]] = Field(default_factory=lambda: ["bf16", "fp16"])
+
+
 class QatConfig(Section):
     """Quantization-aware training, the fallback when post-training int8 misses the budget."""
 
@@ -133,13 +143,14 @@ class QuantizeConfig(Section):
     select: Literal["auto", "fixed"] = "auto"
     onnx: OnnxQuantConfig = OnnxQuantConfig()
     tflite: TfliteQuantConfig = TfliteQuantConfig()
+    openvino: OpenvinoQuantConfig = OpenvinoQuantConfig()
     accuracy_budget: float = Field(0.01, ge=0, le=1, description="max top-1 loss of int8, 0..1")
     on_fail: Literal["error", "warn"] = "error"
     qat: QatConfig = QatConfig()
 
 
 class ExportConfig(Section):
-    formats: list[Literal["onnx", "tflite"]] = Field(default_factory=lambda: ["onnx", "tflite"])
+    formats: list[Literal["onnx", "tflite", "openvino"]] = Field(default_factory=lambda: ["onnx", "tflite", "openvino"])
     opset: int = Field(18, ge=17, le=23)
     simplify: bool = True
     min_agreement: float = Field(0.995, ge=0, le=1, description="fp32 parity gate on top-1")

@@ -50,6 +50,20 @@ class Split:
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return Split(self.x[idx], self.y[idx])
 
+    def per_class(self, n: int) -> Split:
+        """`n` images drawn evenly across the classes: round-robin over each class's fixed-seed shuffle."""
+        if n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        seen: dict[int, int] = {}
+        rank = torch.empty(len(self), dtype=torch.long)
+        for i in order.tolist():  # rank of each image within its class, in shuffled order
+            c = int(self.y[i])
+            rank[i], seen[c] = seen.get(c, 0), seen.get(c, 0) + 1
+        key = rank * len(self) + torch.argsort(order)  # by rank, then by shuffled position
+        idx = torch.argsort(key)[:n]
+        return Split(self.x[idx], self.y[idx])
+
 
 @dataclass
 class Dataset:

@@ -1,9 +1,11 @@
 """Deploy: benchmark a run's deployable models on a device and merge the results into its report.
 
 The device gets a fresh work directory with the models it can run (by its profile's preferred
-runtimes), `edgecnn/runtime/agent.py` and the run's evaluation batch (`bench/eval.npz`); the agent runs
-there once per model and prints JSON, which comes back as report.json model entries with
-`device` set to the device's name. The work directory is removed afterwards unless `keep`.
+runtimes; an OpenVINO .xml travels with its .bin), `edgecnn/runtime/agent.py` and the run's
+evaluation batch (`bench/eval.npz`); the agent runs there once per model and prints JSON, which
+comes back as report.json model entries with `device` set to the device's name. Of a run's files,
+the one marked `deploy` there is the fastest on that device within the run's accuracy budget
+(analysis/selection.py). The work directory is removed afterwards unless `keep`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecnn.analysis.selection import pick_deployment
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
 from edgecnn.devices.profiles import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
+from edgecnn.runtime.agent import model_size
+from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
 
 AGENT_TIMEOUT = 3600
-EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".ts": "pytorch", ".torchscript": "pytorch"}
+EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino", ".ts": "pytorch", ".torchscript": "pytorch"}
+PRECISION_TAGS = ("int8", "bf16", "fp16")  # model.<tag>.<ext>: the precision of a single deployed file
 STAGE_OF = {"teacher": "teacher", "student": "distill"}
 
 
@@ -39,6 +45,14 @@ def _remote_name(job: Job, run_dir: Path | None) -> str:
     """A unique, shell-safe file name on the device (the run-relative path with `/` -> `__`)."""
     rel = job.file.relative_to(run_dir) if run_dir and job.file.is_relative_to(run_dir) else Path(job.file.name)
     return "__".join(rel.parts)
+
+
+def _with_companions(file: Path, name: str) -> list[tuple[Path, str]]:
+    """A model file and the files it needs, under their names on the device (an IR's .bin keeps its stem)."""
+    out = [(file, name)]
+    if file.suffix.lower() == ".xml":
+        out.append((file.with_suffix(".bin"), str(Path(name).with_suffix(".bin"))))
+    return out
 
 
 def read_report(run_dir: Path) -> dict:
@@ -78,22 +92,27 @@ def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
                 ) from None
         if not file.is_file():
             raise UserError(f"{file}: missing from the run; rerun `edgecnn compress --resume` on {run_dir}")
-        base = {k: m.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "params", "macs", "parity")}
+        base = {k: m.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "params", "macs", "parity",
+                                      "decision_score")}
         jobs.append(Job(file, m["format"], base))
     return jobs
 
 
 def model_job(path: Path) -> Job:
-    """A single model file (.onnx, .tflite or TorchScript) as a job."""
+    """A single model file (.onnx, .tflite, an OpenVINO .xml with its .bin, or TorchScript) as a job."""
     fmt = EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"{path}: cannot deploy this format; give .onnx, .tflite or a TorchScript .ts file")
+        raise UserError(
+            f"{path}: cannot deploy this format; give .onnx, .tflite, an OpenVINO .xml or a TorchScript .ts file"
+        )
+    check_model_file(path)
+    tags = [t for t in PRECISION_TAGS if f".{t}." in path.name]
     base = {
         "name": path.stem,
         "format": fmt,
-        "precision": "int8" if ".int8" in path.name else "fp32",
+        "precision": tags[0] if tags else "fp32",
         "path": str(path),
-        "size_bytes": path.stat().st_size,
+        "size_bytes": model_size(str(path)),
         "params": None,
         "macs": None,
         "parity": None,
@@ -202,7 +221,7 @@ def benchmark_on_device(
                 f"install one of {', '.join(wanted) or 'tflite-runtime, onnxruntime'} on the device"
             )
         staged = [(j, rt, _remote_name(j, run_dir)) for j, rt in plan]
-        _put_renamed(transport, [(j.file, name) for j, _, name in staged], workdir)
+        _put_renamed(transport, [f for j, _, name in staged for f in _with_companions(j.file, name)], workdir)
         entries = []
         for j, rt, name in staged:
             if log:
@@ -259,6 +278,22 @@ def _check_ready(transport: Transport) -> None:
         reason = transport.probe()
         if reason:
             raise UserError(f"device {transport.profile.name}: {reason}; use local-cpu or another device")
+
+
+def device_pick(report: dict, entries: list[dict], device: str) -> dict | None:
+    """The deployed file on `device`: the run's budget and decision scores, this device's p50s; marks `deploy`."""
+    recipe = report.get("recipe") or {}
+    local_device = (recipe.get("bench") or {}).get("device", "local-cpu")
+    local = (report.get("deployments") or {}).get(local_device) or {}
+    recipe_q = recipe.get("quantize") or {}
+    budget = local.get("budget", recipe_q.get("accuracy_budget", 0.01))
+    files = [e for e in entries if e["format"] != "pytorch"]
+    pick = pick_deployment(files, local.get("reference_score"), budget, device)
+    for e in entries:
+        e["deploy"] = bool(pick and pick["chosen"]) and e in files and all(
+            e[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
+        )
+    return pick
 
 
 def merge_into_report(run_dir: Path, report: dict, entries: list[dict], deployment: dict) -> dict:
@@ -322,6 +357,7 @@ def deploy(
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **{k: v for k, v in info.items() if k != "workdir"},
             **({"kept_workdir": info["workdir"]} if keep else {}),
+            **(device_pick(report, entries, profile.name) or {}),
         }
         merge_into_report(target, report, entries, deployment)
         return entries

@@ -32,6 +32,7 @@ FORMAT_RUNTIMES = {
     "onnx": ("onnxruntime", "onnxruntime-cuda"),
     "tflite": ("litert", "tflite-runtime"),
     "pytorch": ("torch", "torch-cuda"),
+    "openvino": ("openvino",),
 }
 RPI_EMU_BUILDER = "devices/build_rpi_emu.sh"
 SSH_CONNECT_ERRORS = (
@@ -60,7 +61,7 @@ class DeviceProfile(BaseModel):
     ssh_config: str | None = Field(None, description="an ssh_config file (-F); default: ~/.ssh/config")
     connect_timeout: int = Field(5, ge=1, le=300)
     python: str = "python3"
-    runtimes: list[str] = Field(default_factory=lambda: ["tflite-runtime", "litert", "onnxruntime"])
+    runtimes: list[str] = Field(default_factory=lambda: ["tflite-runtime", "litert", "onnxruntime", "openvino"])
     threads: int = Field(1, ge=0, le=256, description="0: all cores")
     workdir: str = "/tmp"
     root: str | None = Field(None, description="emulated: the ARM64 userland")
@@ -90,7 +91,7 @@ class DeviceProfile(BaseModel):
 BUILTIN = {
     "local-cpu": {
         "description": "this machine's CPU",
-        "runtimes": ["onnxruntime", "litert", "torch"],
+        "runtimes": ["onnxruntime", "litert", "openvino", "torch"],
         "python": sys.executable,
     },
     "local-gpu": {

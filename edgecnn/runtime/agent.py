@@ -2,11 +2,11 @@
 """edgecnn's benchmark agent: one file that needs only Python 3.9+, numpy and one runtime.
 
 It loads a model (.onnx with ONNX Runtime, .tflite with LiteRT or tflite-runtime, an OpenVINO IR
-.xml with its .bin beside it, TorchScript with torch when present), computes top-1 accuracy on the evaluation batch shipped with it (an
-.npz with uint8 images `x`, labels `y`, and the normalisation `mean`/`std`), measures batch-1
-latency (warm-up, then at least --min-iters iterations and --min-seconds), and prints one JSON
-object. edgecnn runs this same file locally in a subprocess and copies it to remote devices, so
-every accuracy and latency in a report is measured one way.
+.xml with its .bin beside it, TorchScript with torch when present), computes top-1 accuracy on the
+evaluation batch shipped with it (an .npz with uint8 images `x`, labels `y`, and the normalisation
+`mean`/`std`), measures batch-1 latency (warm-up, then at least --min-iters iterations and
+--min-seconds), and prints one JSON object. edgecnn runs this same file locally in a subprocess
+and copies it to remote devices, so every accuracy and latency in a report is measured one way.
 
     python3 agent.py --model model.tflite --data eval.npz --threads 1
 """

@@ -1,5 +1,5 @@
-"""Checks of untrusted model files: `check_model_file` refuses ONNX and TFLite files that are not
-well-formed before a runtime (C++ parsers) sees them."""
+"""Checks of untrusted model files: `check_model_file` refuses ONNX, TFLite and OpenVINO IR files that
+are not well-formed before a runtime (C++ parsers) sees them."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit; also far beyond any edge model
 
 
 def check_model_file(path: Path) -> None:
-    """Raise UserError unless an .onnx/.tflite file is a well-formed, self-contained model."""
+    """Raise UserError unless an .onnx/.tflite file (or an OpenVINO .xml + .bin) is a well-formed model."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".onnx", ".tflite"):
+    if suffix not in (".onnx", ".tflite", ".xml"):
         return
     if not path.is_file():
         raise UserError(f"{path}: model file not found")
@@ -23,6 +23,8 @@ def check_model_file(path: Path) -> None:
         raise UserError(f"{path}: {'empty' if size == 0 else 'over 2 GB'}; give a complete .{suffix[1:]} model")
     if suffix == ".onnx":
         _check_onnx(path)
+    elif suffix == ".xml":
+        _check_openvino(path)
     else:
         _check_tflite(path)
 
@@ -81,3 +83,40 @@ def _check_tflite(path: Path) -> None:
             raise UserError(f"{bad} (an operator or I/O names a missing tensor); re-export it")
         if not len(g.inputs if g.inputs is not None else []) or not len(g.outputs if g.outputs is not None else []):
             raise UserError(f"{bad} (the graph has no inputs or outputs); re-export it")
+
+
+def _check_openvino(path: Path) -> None:
+    """An IR: well-formed XML (no DTD or entities) naming a graph, every weight inside the .bin beside it."""
+    import xml.etree.ElementTree as ET
+
+    bad = f"{path}: not a valid OpenVINO IR"
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise UserError(f"{path}: its weights {weights.name} are missing; keep the .xml and .bin files together")
+    text = path.read_bytes()
+    if b"<!DOCTYPE" in text or b"<!ENTITY" in text:
+        raise UserError(f"{bad} (it declares a DTD or entities); re-export it")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise UserError(f"{bad} (XML error at line {e.position[0]}: truncated or damaged); re-export it") from None
+    layers = root.findall("./layers/layer")
+    if root.tag != "net" or not layers or not any(la.get("type") == "Parameter" for la in layers):
+        raise UserError(f"{bad} (no <net> with layers and an input); re-export it")
+    size = weights.stat().st_size
+    for layer in layers:
+        data = layer.find("data")
+        if layer.get("type") != "Const" or data is None or data.get("offset") is None:
+            continue
+        try:
+            offset, nbytes = int(data.get("offset")), int(data.get("size", "0"))
+        except ValueError:
+            offset = nbytes = -1
+        if offset < 0 or nbytes < 0:
+            raise UserError(f"{bad} (layer {layer.get('name')!r} has a malformed weight offset); re-export it")
+        end = offset + nbytes
+        if end > size:
+            raise UserError(
+                f"{weights}: weights of layer {layer.get('name')!r} lie beyond its end ({end:,} > {size:,} bytes: "
+                "truncated?); copy or re-export the .bin with its .xml"
+            )

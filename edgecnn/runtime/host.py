@@ -24,7 +24,8 @@ from edgecnn.runtime import agent
 AGENT_PATH = Path(agent.__file__)
 
 
-MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "threads", "batch_size")
+MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "inference_precision",
+            "threads", "batch_size")
 """The fields of an agent's result that a report entry takes over as they are."""
 
 

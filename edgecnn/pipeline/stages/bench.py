@@ -1,19 +1,24 @@
-"""Bench: accuracy, latency and memory of every model of the run, measured by the agent.
+"""Bench: accuracy, latency and memory of every model of the run, measured by the agent; the deployed file.
 
-PyTorch models are traced to TorchScript for the agent; ONNX and TFLite files run in their own
-runtimes. Each model runs in its own process, so its peak memory is its own.
+PyTorch models are traced to TorchScript for the agent; ONNX, TFLite and OpenVINO files run in their
+own runtimes. Each model runs in its own process, so its peak memory is its own. Of the exported
+files (every runtime and precision), the one marked `deploy` is the fastest here whose decision
+score (export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch
+(analysis/selection.py); the stage's `deployment` lists every candidate and says why it won.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.analysis.selection import pick_deployment
+from edgecnn.config.recipe import QuantizeConfig, Recipe, recipe_dict
 from edgecnn.core.progress import progress_bar
 from edgecnn.devices.profiles import check_bench_device
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.agent import model_size
 from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
 
 # local-gpu: TorchScript on PyTorch CUDA, ONNX on ONNX Runtime's CUDA provider; TFLite has no desktop GPU path
@@ -49,17 +54,39 @@ def candidates(ctx: Context) -> list[dict]:
             out.append(
                 {
                     "name": model_name(ctx, r["source"]),
-                    "format": fmt,
-                    "precision": precision,
+                    "format": f.get("format", fmt),
+                    "precision": f.get("precision", precision),
                     "stage": stage,
                     "file": ctx.stage_dir(stage) / f["file"],
                     "params": src.get("params"),
                     "macs": src.get("macs"),
                     "parity": f["parity"],
-                    "deploy": ctx.results.get("quantize", {}).get("deploy", {}).get(fmt, "fp32") == precision,
+                    "decision_score": f.get("accuracy"),
                 }
             )
     return out
+
+
+def reference_score(ctx: Context) -> float | None:
+    """fp32 PyTorch's decision score of the exported model (what the budget is measured against)."""
+    for stage in ("quantize", "export"):
+        r = ctx.results.get(stage) or {}
+        refs = [f["reference_accuracy"] for f in r.get("files", {}).values() if "reference_accuracy" in f]
+        if refs or "reference_accuracy" in r:
+            return refs[0] if refs else r["reference_accuracy"]
+    return None
+
+
+def deployment(ctx: Context, models: list[dict]) -> dict | None:
+    """Mark the deployed file among the measured exports (see the module docstring); its summary."""
+    files = [m for m in models if m["format"] != "pytorch"]
+    budget = (ctx.recipe.quantize or QuantizeConfig()).accuracy_budget
+    pick = pick_deployment(files, reference_score(ctx), budget, ctx.recipe.bench.device)
+    for m in models:
+        m["deploy"] = bool(pick and pick["chosen"]) and m in files and all(
+            m[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
+        )
+    return pick
 
 
 class BenchStage(Stage):
@@ -80,7 +107,7 @@ class BenchStage(Stage):
             for c in todo:
                 models.append(self._measure(ctx, c, npz, out))
                 bar.advance(f"{c['name']} {c['format']} {c['precision']}")
-        return {"models": models}
+        return {"models": models, "deployment": deployment(ctx, models)}
 
     def _measure(self, ctx: Context, c: dict, npz: Path, out: Path) -> dict:
         """Benchmark one candidate with the agent in its own process; a report.json model entry."""
@@ -106,12 +133,13 @@ class BenchStage(Stage):
             "path": str(c["file"].relative_to(ctx.run_dir))
             if c["file"].is_relative_to(ctx.run_dir)
             else str(c["file"]),
-            "size_bytes": c["file"].stat().st_size,
+            "size_bytes": model_size(str(c["file"])),
             "params": c["params"],
             "macs": c["macs"],
             **measured(m),
             "device": cfg.device,
             "parity": c["parity"],
-            "deploy": c.get("deploy", False),
+            "decision_score": c.get("decision_score"),
+            "deploy": False,
             "emulated": False,
         }

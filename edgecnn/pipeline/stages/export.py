@@ -1,8 +1,8 @@
-"""Export: ONNX and TFLite fp32 of the compressed model, each gated on parity with its PyTorch source.
+"""Export: ONNX, TFLite and OpenVINO fp32 of the compressed model, each gated on parity with its PyTorch source.
 
 The ONNX file is optionally simplified (export.simplify) before the gate, so the gate checks the
-file that ships. Parity is top-1 agreement with PyTorch over the whole evaluation split, run in
-the real runtime.
+file that ships; the OpenVINO IR (model.xml + model.bin) is converted from that ONNX file. Parity
+is top-1 agreement with PyTorch over the whole evaluation split, run in the real runtime.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecnn.compress.export import export_onnx, export_tflite
-from edgecnn.compress.train import predict
+from edgecnn.compress.openvino_ir import export_openvino
+from edgecnn.compress.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import log
@@ -19,7 +20,11 @@ from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.host import parity, runtime_logits
 
-EXPORTERS = {"onnx": ("model.onnx", export_onnx), "tflite": ("model.tflite", export_tflite)}
+EXPORTERS = {
+    "onnx": ("model.onnx", export_onnx),
+    "tflite": ("model.tflite", export_tflite),
+    "openvino": ("model.xml", export_openvino),  # and model.bin
+}
 
 
 def gate(ok: bool, message: str, on_fail: str) -> None:
@@ -46,12 +51,13 @@ class ExportStage(Stage):
         source, _ = ctx.latest_model()
         model, _ = load_stage_model(ctx, source)
         split = eval_split(ctx)
-        ref = predict(model, ctx.data, split).numpy()
+        ref_logits = predict(model, ctx.data, split)
+        ref = ref_logits.numpy()
         files = {}
         for fmt in cfg.formats:
             name, exporter = EXPORTERS[fmt]
-            args = (cfg.opset, cfg.simplify) if fmt == "onnx" else ()
-            exporter(model, ctx.data.input_shape, out / name, *args)
+            args = {"onnx": (cfg.opset, cfg.simplify), "openvino": (cfg.opset, cfg.simplify, out / "model.onnx")}
+            exporter(model, ctx.data.input_shape, out / name, *args.get(fmt, ()))
             acc, logits = runtime_logits(out / name, ctx.data, split)
             check = parity(logits, ref, f"{model_name(ctx, source)}/pytorch")
             gate(
@@ -61,4 +67,4 @@ class ExportStage(Stage):
                 cfg.on_fail,
             )
             files[fmt] = {"file": name, "accuracy": acc, "parity": check}
-        return {"source": source, "files": files}
+        return {"source": source, "files": files, "reference_accuracy": accuracy(ref_logits, split.y)}

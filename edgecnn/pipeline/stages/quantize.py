@@ -1,4 +1,5 @@
-"""Quantize: int8 ONNX (onnxruntime static, from the fp32 export) and int8 TFLite (litert-torch PT2E).
+"""Quantize: int8 ONNX (onnxruntime static, from the fp32 export), int8 TFLite (litert-torch PT2E) and
+int8 OpenVINO (NNCF, from the fp32 IR), plus OpenVINO bf16/fp16 inference where the CPU has it.
 
 Calibration uses the first `data.calib_samples` real training images. With `select: auto` several
 ONNX configs (format, signed/unsigned activations, calibration method) are tried; every candidate
@@ -8,6 +9,7 @@ When no post-training candidate meets the budget, quantization-aware training (`
 fine-tunes the model and its int8 files join the candidates. Each runtime then deploys int8 only
 if it beats that runtime's fp32 file; otherwise the result (and the report) say so and fp32 is
 the deployed model. A budget still missed fails the stage (or warns, with on_fail: warn).
+The bench stage then deploys, across runtimes and precisions, the fastest file within the budget.
 """
 
 from __future__ import annotations
@@ -18,7 +20,21 @@ from pathlib import Path
 import torch
 
 from edgecnn.compress.export import convert_pt2e_tflite, export_onnx, quantize_onnx, quantize_tflite
-from edgecnn.compress.int8_select import choose, describe, measure, onnx_candidates, within_budget
+from edgecnn.compress.int8_select import (
+    choose,
+    describe,
+    measure,
+    onnx_candidates,
+    openvino_candidates,
+    within_budget,
+)
+from edgecnn.compress.openvino_ir import (
+    export_openvino,
+    float_precisions,
+    move_ir,
+    quantize_openvino,
+    reprecision,
+)
 from edgecnn.compress.qat import QatResult, train_qat
 from edgecnn.compress.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
@@ -30,7 +46,9 @@ from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.host import parity, write_eval_npz
 
-RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
+SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}  # an IR's .bin travels with its .xml
+SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
 
 
 class QuantizeStage(Stage):
@@ -65,8 +83,11 @@ class QuantizeStage(Stage):
             self.npz = self.work / "eval.npz"
             write_eval_npz(ctx.data, split, self.npz)
             for fmt in ctx.recipe.export.formats:
-                fp32_file = ctx.stage_dir("export") / f"model.{fmt}"
+                fp32_file = ctx.stage_dir("export") / f"model.{SUFFIX[fmt]}"
                 fp32 = measure(fp32_file, self.npz, ctx.recipe.bench, self.work / "logits.npy")
+                if fmt == "openvino" and not cfg.openvino.enabled:  # no NNCF int8: the fp32 IR stays
+                    candidates[fmt], deploy[fmt] = [self._fp32_row(fmt, fp32)], "fp32"
+                    continue
                 cands = self._post_training(fmt)
                 best = choose(cands, self.ref_acc, cfg.accuracy_budget)
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
@@ -87,6 +108,8 @@ class QuantizeStage(Stage):
                 if note:
                     notes.append(note)
                     log(f"[yellow]note:[/yellow] {note}")
+            if "openvino" in ctx.recipe.export.formats:
+                self._openvino_floats(files, candidates["openvino"], notes)
         result = {"source": source, "files": files, "candidates": candidates, "deploy": deploy, "notes": notes}
         if self._qat is not None:
             result["qat"] = {"epochs": len(self._qat.history), "history": self._qat.history}
@@ -108,9 +131,48 @@ class QuantizeStage(Stage):
     def calib(self) -> torch.Tensor:
         return self.ctx.data.normalize(self.ctx.data.train.x[: self.ctx.recipe.data.calib_samples])
 
+    def calib_per_class(self) -> torch.Tensor:
+        """NNCF's calibration images: data.calib_samples training images drawn evenly across classes."""
+        return self.ctx.data.normalize(self.ctx.data.train.per_class(self.ctx.recipe.data.calib_samples).x)
+
+    def _openvino_int8(self, src: Path, stem: str) -> list[dict]:
+        """NNCF int8 IRs of the fp32 IR `src` (one per preset tried), each measured."""
+        cfg = self.ctx.recipe.quantize
+        out = []
+        for i, config in enumerate(openvino_candidates(cfg.openvino, cfg.select)):
+            path = self.work / f"{stem}{i}.int8.xml"
+            quantize_openvino(src, path, self.calib_per_class().numpy(), preset=config["preset"],
+                              subset_size=config["subset_size"], fast_bias_correction=config["fast_bias_correction"])
+            out.append(self._measured(path, config, stem == "qat"))
+        return out
+
+    def _openvino_floats(self, files: dict, table: list[dict], notes: list[str]) -> None:
+        """bf16 / fp16 inference of the fp32 IR where this CPU has it: measured, gated by the budget, kept."""
+        cfg = self.ctx.recipe.quantize
+        wanted, skipped = float_precisions(cfg.openvino.inference_precisions)
+        for note in skipped:
+            notes.append(note)
+            log(f"[yellow]note:[/yellow] {note}")
+        for precision in wanted:
+            name = f"model.{precision}.xml"
+            reprecision(self.ctx.stage_dir("export") / "model.xml", self.out / name, precision)
+            c = self._measured(self.out / name, {"inference_precision": precision}, False)
+            ok = within_budget(self.ref_acc, c["accuracy"], cfg.accuracy_budget)
+            if not ok:
+                notes.append(f"openvino {precision} loses {100 * (self.ref_acc - c['accuracy']):.2f} points against "
+                             f"fp32 PyTorch, over quantize.accuracy_budget={cfg.accuracy_budget}: never deployed")
+            files[f"openvino-{precision}"] = {
+                "file": name, "format": "openvino", "precision": precision, "accuracy": c["accuracy"],
+                "reference_accuracy": self.ref_acc, "parity": parity(c["logits"], self.ref_logits, self.ref_name),
+                "config": c["config"], "qat": False, "p50_ms": c["p50_ms"], "size_bytes": c["size_bytes"],
+                "inference_precision": c["inference_precision"], "within_budget": ok,
+            }
+            table.append(self._row(c, chosen=False, precision=precision))
+
     def _measured(self, path: Path, config: dict, qat: bool) -> dict:
         m = measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy")
-        log(f"  {path.suffix[1:]} int8 {describe(config)}{' QAT' if qat else ''}: "
+        kind = "" if "inference_precision" in config else " int8"
+        log(f"  {path.suffix[1:]}{kind} {describe(config)}{' QAT' if qat else ''}: "
             f"accuracy {m['accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
         return {"config": config, "qat": qat, "path": path, **m}
 
@@ -118,6 +180,8 @@ class QuantizeStage(Stage):
         """Post-training int8 candidates of one format, each measured."""
         cfg, ctx = self.ctx.recipe.quantize, self.ctx
         out = []
+        if fmt == "openvino":
+            return self._openvino_int8(ctx.stage_dir("export") / "model.xml", "ptq") if cfg.openvino.enabled else []
         if fmt == "onnx":
             for i, config in enumerate(onnx_candidates(cfg.onnx, cfg.select)):
                 path = self.work / f"cand{i}.int8.onnx"
@@ -151,6 +215,11 @@ class QuantizeStage(Stage):
         """The QAT model's int8 file of one format (ONNX: the best post-training config on its weights)."""
         qat = self._qat_model()
         ctx = self.ctx
+        if fmt == "openvino":
+            fp32 = self.work / "qat.fp32.xml"
+            export_openvino(qat.finetuned, ctx.data.input_shape, fp32, ctx.recipe.export.opset,
+                            ctx.recipe.export.simplify)
+            return self._openvino_int8(fp32, "qat")
         if fmt == "tflite":
             config = ctx.recipe.quantize.tflite.model_dump()
             path = self.work / "qat.int8.tflite"
@@ -164,10 +233,34 @@ class QuantizeStage(Stage):
         self._quantize_onnx(fp32, path, config)
         return [self._measured(path, config, True)]
 
+    def _row(self, c: dict, chosen: bool, precision: str = "int8") -> dict:
+        """One measured candidate in the stage's table."""
+        return {
+            "config": c["config"],
+            "label": describe(c["config"]),
+            "runtime": RUNTIME[SUFFIX_FORMAT[c["path"].suffix[1:]]],
+            "precision": precision,
+            "qat": c["qat"],
+            "accuracy": c["accuracy"],
+            "p50_ms": c["p50_ms"],
+            "size_bytes": c["size_bytes"],
+            "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
+            "chosen": chosen,
+        }
+
+    @staticmethod
+    def _fp32_row(fmt: str, fp32: dict) -> dict:
+        return {"config": "fp32", "label": "fp32 export", "runtime": RUNTIME[fmt], "precision": "fp32", "qat": False,
+                "accuracy": fp32["accuracy"], "p50_ms": fp32["p50_ms"], "size_bytes": fp32["size_bytes"],
+                "within_budget": True, "chosen": False}
+
     def _keep(self, fmt: str, best: dict, cands: list[dict], fp32: dict) -> tuple[dict, list[dict], str | None]:
         """Move the chosen file into place; its record, the candidate table and a note when fp32 wins."""
-        name = f"model.int8.{fmt}"
-        best["path"].replace(self.out / name)
+        name = f"model.int8.{SUFFIX[fmt]}"
+        if fmt == "openvino":
+            move_ir(best["path"], self.out / name)
+        else:
+            best["path"].replace(self.out / name)
         faster = best["p50_ms"] < fp32["p50_ms"]
         use_int8 = faster or self.ctx.recipe.quantize.select == "fixed"
         note = None
@@ -178,20 +271,7 @@ class QuantizeStage(Stage):
                 f"{fp32['threads']} thread(s)); "
                 + ("deploying fp32" if not use_int8 else "int8 kept because quantize.select is fixed")
             )
-        table = [
-            {
-                "config": c["config"],
-                "label": describe(c["config"]),
-                "qat": c["qat"],
-                "accuracy": c["accuracy"],
-                "p50_ms": c["p50_ms"],
-                "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
-                "chosen": c is best,
-            }
-            for c in cands
-        ]
-        table.insert(0, {"config": "fp32", "label": "fp32 export", "qat": False, "accuracy": fp32["accuracy"],
-                         "p50_ms": fp32["p50_ms"], "within_budget": True, "chosen": False})
+        table = [self._fp32_row(fmt, fp32)] + [self._row(c, chosen=c is best) for c in cands]
         record = {
             "file": name,
             "accuracy": best["accuracy"],
@@ -200,6 +280,7 @@ class QuantizeStage(Stage):
             "config": best["config"],
             "qat": best["qat"],
             "p50_ms": best["p50_ms"],
+            "size_bytes": best["size_bytes"],
             "fp32_p50_ms": fp32["p50_ms"],
             "deploy_precision": "int8" if use_int8 else "fp32",
         }

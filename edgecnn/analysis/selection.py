@@ -1,0 +1,65 @@
+"""The deployed file of a device: across runtimes and precisions, the fastest whose score is within budget.
+
+Scores are the ones decisions are made on (the evaluation split of the export and quantize stages,
+measured by the agent); latencies are batch-1 p50s measured on the device itself. The result lists
+every candidate with its runtime, precision, score, p50 and size, and says why the winner won.
+"""
+
+from __future__ import annotations
+
+# Accuracies are float32 ratios (0.97 is 0.9700000286...): a loss equal to the budget must pass.
+ACCURACY_TOLERANCE = 1e-6
+
+
+def within_budget(reference_accuracy: float, accuracy: float, budget: float) -> bool:
+    """True when `accuracy` loses at most `budget` top-1 against the reference."""
+    return reference_accuracy - accuracy <= budget + ACCURACY_TOLERANCE
+
+
+def _label(c: dict) -> str:
+    return f"{c['format']} {c['precision']} ({c['runtime'] or c['format']})"
+
+
+def pick_deployment(entries: list[dict], reference: float | None, budget: float, device: str) -> dict | None:
+    """The deployment of one device from its measured model entries.
+
+    Each entry has name, format, precision, path, size_bytes, runtime, latency_ms, accuracy (as
+    measured on the device) and `decision_score` (None when unknown: then only the p50 counts). Each
+    row's `score` is that decision score. Entries without a p50 are listed, never chosen. None when
+    there is no entry at all.
+    """
+    if not entries:
+        return None
+    rows = []
+    for e in entries:
+        p50 = (e.get("latency_ms") or {}).get("p50")
+        score = e.get("decision_score")
+        ok = reference is None or score is None or within_budget(reference, score, budget)
+        rows.append({
+            "name": e["name"], "format": e["format"], "runtime": e.get("runtime"), "precision": e["precision"],
+            "inference_precision": e.get("inference_precision"), "path": e.get("path"),
+            "size_bytes": e.get("size_bytes"), "score": score, "accuracy": e.get("accuracy"), "p50_ms": p50,
+            "within_budget": ok, "chosen": False,
+        })
+    eligible = sorted((r for r in rows if r["within_budget"] and r["p50_ms"] is not None), key=lambda r: r["p50_ms"])
+    out = {"device": device, "reference_score": reference, "budget": budget, "candidates": rows}
+    if not eligible:
+        out.update(chosen=None, reason=f"no candidate on {device} has a p50 and a score within the budget")
+        return out
+    best = eligible[0]
+    best["chosen"] = True
+    reason = (f"{_label(best)} of {best['name']} is the fastest of {len(eligible)} candidate(s) within the "
+              f"{100 * budget:.2f}-point budget on {device}: p50 {best['p50_ms']:.3f} ms")
+    if len(eligible) > 1:
+        second = eligible[1]
+        reason += (f", {second['p50_ms'] / best['p50_ms']:.2f}x faster than the next, {_label(second)} "
+                   f"({second['p50_ms']:.3f} ms)")
+    if best["score"] is not None and reference is not None:
+        reason += f"; score {best['score']:.4f} against {reference:.4f} for fp32 PyTorch"
+    over = [r for r in rows if not r["within_budget"]]
+    if over:
+        reason += "; over the budget: " + ", ".join(
+            f"{_label(r)} ({100 * (r['score'] - reference):+.2f} points)" for r in over
+        )
+    out.update(chosen={k: best[k] for k in ("name", "format", "runtime", "precision", "path")}, reason=reason)
+    return out
