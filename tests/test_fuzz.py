@@ -152,6 +152,7 @@ CHOICES = {
     "quantize.select": ["auto", "fixed"],
     "quantize.onnx.method": ["minmax", "entropy", "percentile"],
     "quantize.tflite.io": ["int8", "float"],
+    "quantize.openvino.preset": ["performance", "mixed"],
     "export.on_fail": ["error", "warn"],
 }
 SECTIONS = ["train", "distill", "prune", "quantize", "export", "bench", "teacher", "student"]

@@ -25,7 +25,8 @@ def test_report_lists_every_model_with_measurements(quickstart_report):
     assert r["environment"]["torch"] and r["environment"]["onnxruntime"] and r["environment"]["cpu"]
     wanted = [("teacher", "pytorch", "fp32"), ("student", "pytorch", "fp32"), ("student-pruned", "pytorch", "fp32"),
               ("student-pruned", "onnx", "fp32"), ("student-pruned", "onnx", "int8"),
-              ("student-pruned", "tflite", "fp32"), ("student-pruned", "tflite", "int8")]
+              ("student-pruned", "tflite", "fp32"), ("student-pruned", "tflite", "int8"),
+              ("student-pruned", "openvino", "fp32"), ("student-pruned", "openvino", "int8")]
     for key in wanted:
         m = _model(r, *key)
         assert CONTRACT_FIELDS <= set(m)
@@ -34,7 +35,7 @@ def test_report_lists_every_model_with_measurements(quickstart_report):
         lat = m["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert m["size_bytes"] > 0 and m["peak_memory_mb"] > 0
-        assert m["runtime"].split()[0] in ("torch", "onnxruntime", "litert", "tflite-runtime")
+        assert m["runtime"].split()[0] in ("torch", "onnxruntime", "litert", "tflite-runtime", "openvino")
 
 
 def test_int8_tflite_is_small_and_accurate(quickstart_report):
@@ -48,7 +49,7 @@ def test_int8_tflite_is_small_and_accurate(quickstart_report):
 def test_exports_agree_with_pytorch(quickstart_report):
     r = quickstart_report
     pruned = _model(r, "student-pruned", "pytorch", "fp32")
-    for fmt in ("onnx", "tflite"):
+    for fmt in ("onnx", "tflite", "openvino"):
         fp32 = _model(r, "student-pruned", fmt, "fp32")
         assert fp32["parity"]["reference"] == "student-pruned/pytorch"
         assert fp32["parity"]["top1_agreement"] >= 0.99
@@ -66,7 +67,7 @@ def test_run_directory_layout(quickstart_run):
     assert "| student-pruned | tflite | int8 |" in (quickstart_run / "report.md").read_text()
 
 
-@pytest.mark.parametrize("rel", ["export/model.onnx", "quantize/model.int8.tflite"])
+@pytest.mark.parametrize("rel", ["export/model.onnx", "quantize/model.int8.tflite", "quantize/model.int8.xml"])
 def test_reported_accuracy_reproduces_in_the_runtime(quickstart_run, quickstart_report, rel):
     """The number in the report is what the runtime gives when asked again."""
     from edgecnn.data.datasets import load_data
