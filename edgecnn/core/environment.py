@@ -41,6 +41,8 @@ def environment() -> dict:
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "litert_torch": _version("litert-torch"),
         "ai_edge_litert": _version("ai-edge-litert"),
+        "openvino": _version("openvino"),
+        "nncf": _version("nncf"),
         "numpy": _version("numpy"),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
