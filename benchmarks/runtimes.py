@@ -3,7 +3,7 @@
     flock /tmp/edgecnn-cpu.lock python benchmarks/runtimes.py   # writes benchmarks/runtimes.json
 
 Models: the user's ResNet-56 (../shared/models, trained: its accuracy is measured), a ResNet-20
-(zoo `cifar_resnet20`, width 16) and `mobilenetv2_cifar` (width 1.0), both with random weights
+(zoo `cifar_resnet20`, width 16) and `mobilenetv2_cifar` (width 0.5), both with random weights
 (torch.manual_seed(0)): their latency is what counts, their accuracy means nothing and is not
 reported. Each model becomes the files the pipeline makes: ONNX fp32 (dynamo, simplified) and
 int8 (onnxruntime static QDQ, uint8 activations, per-channel int8 weights, MinMax), TFLite fp32
@@ -99,11 +99,11 @@ def models() -> list[tuple[str, torch.nn.Module, str, bool]]:
     torch.manual_seed(0)
     r20 = build_model(ModelInfo("cifar_resnet20", {"width": 16}, 10, (3, 32, 32), MEAN, STD))
     torch.manual_seed(0)
-    mbv2 = build_model(ModelInfo("mobilenetv2_cifar", {"width_mult": 1.0}, 10, (3, 32, 32), MEAN, STD))
+    mbv2 = build_model(ModelInfo("mobilenetv2_cifar", {"width_mult": 0.5}, 10, (3, 32, 32), MEAN, STD))
     return [
         ("resnet56", r56.eval(), "the user's ResNet-56 (../shared/models/resnet56_cifar10.state_dict.pt)", True),
         ("resnet20", r20.eval(), "zoo cifar_resnet20 (width 16), random weights (torch.manual_seed(0))", False),
-        ("mobilenetv2", mbv2.eval(), "zoo mobilenetv2_cifar (width 1.0), random weights (torch.manual_seed(0))",
+        ("mobilenetv2", mbv2.eval(), "zoo mobilenetv2_cifar (width 0.5), random weights (torch.manual_seed(0))",
          False),
     ]
 
@@ -178,13 +178,15 @@ def main() -> None:
                     rec["rounds"].setdefault(str(threads), []).append(m["latency_ms"]["p50"])
                     print(f"round {r + 1} {e['name']:11s} {key:18s} {threads:2d}t p50 {m['latency_ms']['p50']:.3f} ms",
                           flush=True)
-    rows = []
+    rows, fastest = [], {}
     for e in results:
         for rec in e["files"].values():
             rec["p50_ms"] = {t: min(v) for t, v in rec["rounds"].items()}
         base = e["files"]["onnxruntime fp32"]["p50_ms"]
-        for key, rec in e["files"].items():
+        for rec in e["files"].values():
             rec["vs_onnxruntime_fp32"] = {t: round(rec["p50_ms"][t] / base[t], 3) for t in rec["p50_ms"]}
+        fastest[e["name"]] = {t: min(e["files"], key=lambda k: e["files"][k]["p50_ms"][t]) for t in base}
+        for key, rec in e["files"].items():
             rows.append([e["name"], key, rec["inference_precision"] or "-", f"{rec['size_bytes'] / 1024:.0f}",
                          "-" if rec["accuracy"] is None else f"{rec['accuracy']:.4f}",
                          *(f"{rec['p50_ms'][str(t)]:.3f} ({rec['vs_onnxruntime_fp32'][str(t)]:.2f}x)"
@@ -199,7 +201,7 @@ def main() -> None:
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "threads": settings, "batch": 1,
                      "test_images": test_images, "calib_images": a.calib},
         "environment": environment(),
-        "lscpu": lscpu(), "notes": notes, "models": results, "table": table,
+        "lscpu": lscpu(), "notes": notes, "fastest_by_threads": fastest, "models": results, "table": table,
     }
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(table)

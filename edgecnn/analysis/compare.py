@@ -238,7 +238,7 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
     runs = sorted({r["run"] for r in rows})
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     colour = {run: cmap(i % cmap.N) for i, run in enumerate(runs)}
-    marker = {"pytorch": "o", "onnx": "s", "tflite": "^"}
+    marker = {"pytorch": "o", "onnx": "s", "tflite": "^", "openvino": "v"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, tag, label in ((axes[0], "p50_ms", "latency", "p50 latency, batch 1 (ms)"),
                                 (axes[1], "size_kb", "size", "model file size (KB)")):

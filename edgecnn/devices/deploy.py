@@ -105,7 +105,6 @@ def model_job(path: Path) -> Job:
         raise UserError(
             f"{path}: cannot deploy this format; give .onnx, .tflite, an OpenVINO .xml or a TorchScript .ts file"
         )
-    check_model_file(path)
     tags = [t for t in PRECISION_TAGS if f".{t}." in path.name]
     base = {
         "name": path.stem,
@@ -201,6 +200,8 @@ def benchmark_on_device(
     transport = transport_for(profile)
     _check_ready(transport)
     python = transport.python_argv()
+    for j in jobs:  # a damaged file is one error line here, before any runtime parses it
+        check_model_file(j.file)
     workdir = transport.mkdtemp()
     info: dict = {"workdir": workdir}
     try:
