@@ -150,8 +150,9 @@ class OpenVINO:
     """OpenVINO on CPU: an IR (.xml, weights in the .bin beside it) at the inference precision it asks for.
 
     The precision (f32, bf16, f16) is the IR's rt_info `edgecnn/inference_precision`, passed as
-    INFERENCE_PRECISION_HINT; OpenVINO falls back to what the CPU has, and `precision` is what ran.
-    One stream, the latency hint and INFERENCE_NUM_THREADS = `threads`.
+    INFERENCE_PRECISION_HINT; OpenVINO falls back to what the CPU has, and `precision` is what ran
+    (for an int8 file: the precision of the layers left in float). One stream, the latency hint and
+    INFERENCE_NUM_THREADS = `threads`.
     """
 
     PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}

@@ -1,15 +1,16 @@
 """Quantize: int8 ONNX (onnxruntime static, from the fp32 export), int8 TFLite (litert-torch PT2E) and
 int8 OpenVINO (NNCF, from the fp32 IR), plus OpenVINO bf16/fp16 inference where the CPU has it.
 
-Calibration uses the first `data.calib_samples` real training images. With `select: auto` several
-ONNX configs (format, signed/unsigned activations, calibration method) are tried; every candidate
-is measured by the agent on the whole evaluation split and at batch 1 on the local CPU, and the
-fastest within `quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source) is kept.
-When no post-training candidate meets the budget, quantization-aware training (`quantize.qat`)
-fine-tunes the model and its int8 files join the candidates. Each runtime then deploys int8 only
-if it beats that runtime's fp32 file; otherwise the result (and the report) say so and fp32 is
-the deployed model. A budget still missed fails the stage (or warns, with on_fail: warn).
-The bench stage then deploys, across runtimes and precisions, the fastest file within the budget.
+Calibration uses the first `data.calib_samples` real training images (NNCF: as many, drawn evenly
+across classes). With `select: auto` several configs are tried (ONNX: format, signed/unsigned
+activations, calibration method; NNCF: both presets); every candidate is measured by the agent on
+the whole evaluation split and at batch 1 on the local CPU, and the fastest within
+`quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source) is kept. When no
+post-training candidate meets the budget, quantization-aware training (`quantize.qat`) fine-tunes
+the model and its int8 files join the candidates. Each runtime then prefers int8 only if it beats
+that runtime's fp32 file (`deploy`, and a note when fp32 wins). A budget still missed fails the
+stage (or warns, with on_fail: warn). The bench stage deploys, across runtimes and precisions, the
+fastest file within the budget.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class QuantizeStage(Stage):
         cfg, ctx = self.ctx.recipe.quantize, self.ctx
         out = []
         if fmt == "openvino":
-            return self._openvino_int8(ctx.stage_dir("export") / "model.xml", "ptq") if cfg.openvino.enabled else []
+            return self._openvino_int8(ctx.stage_dir("export") / "model.xml", "ptq")
         if fmt == "onnx":
             for i, config in enumerate(onnx_candidates(cfg.onnx, cfg.select)):
                 path = self.work / f"cand{i}.int8.onnx"
