@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from edgecnn.core.console import native_output_to_log, route_python_noise
+from edgecnn.core.console import native_output_to_log_for_good, route_python_noise
 from edgecnn.core.errors import UserError
 
 EXAMPLES = {
@@ -41,13 +41,9 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv
-        if debug:
-            return self._invoke(ctx, debug)
-        route_python_noise()  # native libraries' and Python libraries' log lines go to the native log
-        with native_output_to_log():
-            return self._invoke(ctx, debug)
-
-    def _invoke(self, ctx: click.Context, debug: bool):
+        if not debug:  # native libraries' and Python libraries' log lines go to the native log
+            route_python_noise()
+            native_output_to_log_for_good()
         try:
             return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:

@@ -66,6 +66,21 @@ def _is_fd_stream(stream, fd: int) -> bool:
         return False
 
 
+def _redirect() -> tuple[dict[int, int], int, tuple]:
+    """Point fds 1 and 2 at the log; Python's streams move to copies of the terminal's descriptors."""
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    log = _open_log()
+    streams = sys.stdout, sys.stderr
+    sys.stdout = _terminal_stream(sys.stdout, saved[1]) if _is_fd_stream(sys.stdout, 1) else sys.stdout
+    sys.stderr = _terminal_stream(sys.stderr, saved[2]) if _is_fd_stream(sys.stderr, 2) else sys.stderr
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    return saved, log, streams
+
+
 @contextlib.contextmanager
 def native_output_to_log() -> Iterator[None]:
     """Point descriptors 1 and 2 at the native log while Python's streams keep the terminal (re-entrant)."""
@@ -77,16 +92,7 @@ def native_output_to_log() -> Iterator[None]:
         finally:
             _active -= 1
         return
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    log = _open_log()
-    streams = sys.stdout, sys.stderr
-    sys.stdout = _terminal_stream(sys.stdout, saved[1]) if _is_fd_stream(sys.stdout, 1) else sys.stdout
-    sys.stderr = _terminal_stream(sys.stderr, saved[2]) if _is_fd_stream(sys.stderr, 2) else sys.stderr
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    saved, log, streams = _redirect()
     _active = 1
     try:
         yield
@@ -100,6 +106,19 @@ def native_output_to_log() -> Iterator[None]:
         sys.stdout, sys.stderr = streams
         for fd in (*saved.values(), log):
             os.close(fd)
+
+
+def native_output_to_log_for_good() -> None:
+    """The CLI's entry point: like native_output_to_log(), for the rest of the process.
+
+    Nothing is restored, so lines that native libraries print while the interpreter shuts down go to
+    the log too; Python's own streams (and so a traceback under --debug) still reach the terminal.
+    """
+    global _active
+    if _active or verbose():
+        return
+    _redirect()
+    _active = 1
 
 
 def route_python_noise() -> None:
