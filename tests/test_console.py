@@ -49,3 +49,38 @@ def test_context_restores_the_terminal(tmp_path):
 def test_verbose_shows_everything(tmp_path):
     proc = _run(tmp_path, "native_output_to_log_for_good", "native_output_to_log_for_good()", verbose=True)
     assert "absl::InitializeLog" in proc.stderr and "oneDNN" in proc.stdout
+
+
+LIBRARY = textwrap.dedent("""
+    import logging, sys, warnings
+    handler = logging.StreamHandler()  # like torch's own handler: bound to sys.stderr when the library loads
+    log = logging.getLogger("somelib")
+    log.addHandler(handler)
+    log.propagate = False
+    def chatter():
+        log.warning("W1201 somelib.py:630] register_constant() on Enum subclasses is deprecated")
+        print("Statistics collection 100%")
+        warnings.warn("a library warning")
+""")
+
+
+def test_cli_routes_other_libraries_python_output_to_the_log(tmp_path):
+    (tmp_path / "somelib.py").write_text(LIBRARY)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from edgecnn.core.console import native_output_to_log_for_good, route_python_noise, terminal
+        route_python_noise()
+        native_output_to_log_for_good()
+        import somelib
+        somelib.chatter()
+        print("edgecnn's own line")
+        terminal(err=True).write("error: one line\\n")
+    """)
+    env = {**os.environ, "EDGECNN_CACHE": str(tmp_path)}
+    env.pop("EDGECNN_VERBOSE", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "edgecnn's own line\n" and proc.stderr == "error: one line\n"
+    log = (tmp_path / "native.log").read_text()
+    assert "W1201" in log and "Statistics collection" in log and "a library warning" in log
