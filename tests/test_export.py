@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
+from edgecnn.compress.export import export_onnx
+from edgecnn.compress.quantize import quantize_onnx, quantize_tflite
 from edgecnn.compress.train import fit, predict
 from edgecnn.config.recipe import TrainConfig
 from edgecnn.data.datasets import load_data

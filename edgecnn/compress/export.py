@@ -1,19 +1,14 @@
-"""Export PyTorch models to ONNX (dynamo exporter) and TFLite (litert-torch), fp32 and int8.
+"""Export PyTorch models to fp32 ONNX (dynamo exporter) and TFLite (litert-torch); int8 is in quantize.py.
 
-ONNX int8 uses `onnxruntime.quantization` static quantization fed by real calibration images;
-TFLite int8 uses litert-torch's PT2E quantizer (per-channel weights; int8 or float input and output).
 A failing conversion raises UserError naming the operator and, where known, the layer.
 """
 
 from __future__ import annotations
 
 import copy
-import platform
 import re
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -48,7 +43,7 @@ def find_layer(model: nn.Module, input_shape: tuple[int, ...], op: str) -> str |
     return None
 
 
-def _conversion_error(kind: str, exc: Exception, model: nn.Module, input_shape: tuple[int, ...]) -> UserError:
+def conversion_error(kind: str, exc: Exception, model: nn.Module, input_shape: tuple[int, ...]) -> UserError:
     text = f"{exc.__class__.__name__}: {exc}"
     op = re.search(r"(aten[.:]{1,2}[A-Za-z0-9_.]+|torch\.ops\.[A-Za-z0-9_.]+|'[A-Za-z]+' (?:op|operator))", text)
     layer = find_layer(model, input_shape, op.group(1)) if op else None
@@ -108,7 +103,7 @@ def export_onnx(
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - converter failures are the model's, reported as such
-        raise _conversion_error("ONNX", e, model, input_shape) from None
+        raise conversion_error("ONNX", e, model, input_shape) from None
     if simplify:
         simplify_onnx(path)
 
@@ -122,140 +117,4 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path) ->
 
             litert_torch.convert(model, (torch.zeros(1, *input_shape),)).export(str(tmp))
     except Exception as e:  # noqa: BLE001
-        raise _conversion_error("TFLite", e, model, input_shape) from None
-
-
-def tflite_quantizer(per_channel: bool = True, qat: bool = False):
-    """litert-torch's PT2E quantizer: symmetric int8, per-channel weights, static activations."""
-    from litert_torch.quantize import pt2e_quantizer
-
-    return pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat, is_dynamic=False)
-    )
-
-
-def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, ...], path: Path, io: str) -> None:
-    """Convert a calibrated (or QAT-trained) PT2E graph to a full-integer .tflite with `io` tensors."""
-    import litert_torch
-    from litert_torch.quantize import quant_config
-    from torchao.quantization.pt2e import quantize_pt2e
-
-    from edgecnn.compress.tflite_io import float_io
-
-    example = (torch.zeros(1, *input_shape),)
-    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    edge = litert_torch.convert(converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    with atomic_path(path) as tmp:
-        edge.export(str(tmp))
-        if io == "float":
-            tmp.write_bytes(float_io(tmp.read_bytes()))
-
-
-def quantize_tflite(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    calib: torch.Tensor,
-    path: Path,
-    per_channel: bool = True,
-    io: str = "int8",
-) -> None:
-    """Full-integer int8 .tflite through litert-torch's PT2E quantizer, calibrated on `calib` (normalised).
-
-    `io` is the type of the input and output tensors: int8 (litert-torch's own) or float.
-    """
-    from torchao.quantization.pt2e import quantize_pt2e
-
-    example = (torch.zeros(1, *input_shape),)
-    try:
-        with quiet_libraries():
-            exported = torch.export.export(for_export(model), example).module()
-            quantizer = tflite_quantizer(per_channel)
-            prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
-            with torch.no_grad():
-                for i in range(len(calib)):
-                    prepared(calib[i : i + 1])
-            convert_pt2e_tflite(prepared, quantizer, input_shape, path, io)
-    except Exception as e:  # noqa: BLE001
-        raise _conversion_error("TFLite int8", e, model, input_shape) from None
-
-
-class _CalibReader:
-    """onnxruntime CalibrationDataReader over normalised calibration images, in batches of one size.
-
-    The histogram calibrators (Entropy, Percentile) stack every batch's outputs, so a ragged last
-    batch would break them: the images beyond the last whole batch are left out.
-    """
-
-    def __init__(self, calib: np.ndarray, input_name: str, batch: int = 32):
-        batch = min(batch, len(calib)) or 1
-        stop = len(calib) - len(calib) % batch
-        self._batches = iter([{input_name: calib[i : i + batch]} for i in range(0, stop, batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-    def rewind(self):  # pragma: no cover - some ORT versions call it
-        pass
-
-
-def x86_without_vnni() -> bool:
-    """True on an x86 CPU whose int8 dot products lack VNNI (u8s8 products can saturate there)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
-
-
-def resolve_reduce_range(setting: str, activation: str, weight: str) -> bool:
-    """quantize.onnx.reduce_range: "true", "false", or "auto" (on only where u8s8 saturates)."""
-    if setting == "auto":
-        return activation == "uint8" and weight == "int8" and x86_without_vnni()
-    return setting == "true"
-
-
-def quantize_onnx(
-    src: Path,
-    dst: Path,
-    calib: np.ndarray,
-    *,
-    fmt: str = "qdq",
-    activation: str = "uint8",
-    weight: str = "int8",
-    per_channel: bool = True,
-    method: str = "minmax",
-    reduce_range: str = "auto",
-) -> None:
-    """Static int8 ONNX (QDQ or QOperator) calibrated on real images with MinMax/Entropy/Percentile.
-
-    `reduce_range` (7-bit weights): "auto" turns it on for uint8 activations with int8 weights on an
-    x86 CPU without VNNI, where ONNX Runtime's u8s8 kernels saturate and lose accuracy.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-    with quiet_libraries(), atomic_path(dst) as tmp, tempfile.TemporaryDirectory(dir=dst.parent) as work:
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(tmp),
-            _CalibReader(calib.astype(np.float32), input_name),
-            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-            per_channel=per_channel,
-            activation_type=types[activation],
-            weight_type=types[weight],
-            calibrate_method=methods[method],
-            reduce_range=resolve_reduce_range(reduce_range, activation, weight),
-        )
-        onnx.checker.check_model(str(tmp))
+        raise conversion_error("TFLite", e, model, input_shape) from None

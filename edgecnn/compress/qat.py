@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecnn.compress.export import for_export, tflite_quantizer
+from edgecnn.compress.export import for_export
+from edgecnn.compress.quantize import tflite_quantizer
 from edgecnn.compress.train import kd_loss
 from edgecnn.config.recipe import QatConfig
 from edgecnn.core.console import quiet_libraries
