@@ -255,7 +255,7 @@ def _kwargs(text: str | None, name: str) -> dict:
 
 def _finish(model, info, data, out: Path, res) -> None:
     """Save and report on rank 0 only; under torchrun every rank says how much it trained."""
-    from edgecnn.compress.train import accuracy, finish_distributed, predict, rank_and_world
+    from edgecnn.compression.train import accuracy, finish_distributed, predict, rank_and_world
     from edgecnn.models.files import save_model
 
     rank, world = rank_and_world()
@@ -290,7 +290,7 @@ def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: P
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write.")
 def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed, out):
     """Train a model on labels alone and save it as an edgecnn model file (multi-process under torchrun)."""
-    from edgecnn.compress.train import fit, init_distributed
+    from edgecnn.compression.train import fit, init_distributed
     from edgecnn.models.files import build_model
     from edgecnn.models.user import data_model_info
 
@@ -326,7 +326,7 @@ def distill(
     feature_weight, data_spec, mean, std, epochs, lr, batch_size, seed, out,
 ):
     """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
-    from edgecnn.compress.train import fit, init_distributed
+    from edgecnn.compression.train import fit, init_distributed
     from edgecnn.config.recipe import DistillConfig
     from edgecnn.models.files import build_model
     from edgecnn.models.user import data_model_info, is_model_file, load_user_model
@@ -443,8 +443,8 @@ def _export_common(model_path: Path, data_spec, mean, std):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
 def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
     """Export an edgecnn model file to ONNX and/or TFLite fp32, checking parity on the test split."""
-    from edgecnn.compress.export import export_onnx, export_tflite
-    from edgecnn.compress.train import predict
+    from edgecnn.compression.export import export_onnx, export_tflite
+    from edgecnn.compression.train import predict
     from edgecnn.runtime.host import parity, runtime_logits
 
     model, info, data = _export_common(model_path, data_spec, mean, std)
@@ -480,8 +480,8 @@ def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
 def quantize(model_path, formats, calib_samples, onnx_format, activation, method, tflite_io, data_spec, mean, std,
              out):
     """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images."""
-    from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
-    from edgecnn.compress.train import accuracy, predict
+    from edgecnn.compression.export import export_onnx, quantize_onnx, quantize_tflite
+    from edgecnn.compression.train import accuracy, predict
     from edgecnn.runtime.host import runtime_logits
 
     model, info, data = _export_common(model_path, data_spec, mean, std)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.compress.export import export_onnx
-from edgecnn.compress.int8_select import choose, describe, measure, onnx_candidates, within_budget
-from edgecnn.compress.qat import QatResult, train_qat
-from edgecnn.compress.quantize import convert_pt2e_tflite, quantize_onnx, quantize_tflite
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.int8_select import choose, describe, measure, onnx_candidates, within_budget
+from edgecnn.compression.qat import QatResult, train_qat
+from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log

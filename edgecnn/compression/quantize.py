@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecnn.compress.export import conversion_error, for_export
+from edgecnn.compression.export import conversion_error, for_export
 from edgecnn.core.artifacts import atomic_path
 from edgecnn.core.console import quiet_libraries
 
@@ -35,7 +35,7 @@ def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, 
     from litert_torch.quantize import quant_config
     from torchao.quantization.pt2e import quantize_pt2e
 
-    from edgecnn.compress.tflite_io import float_io
+    from edgecnn.compression.tflite_io import float_io
 
     example = (torch.zeros(1, *input_shape),)
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
