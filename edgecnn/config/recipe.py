@@ -8,6 +8,7 @@ current directory.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -272,7 +273,7 @@ def validation_message(err: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {msg}{extra}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
     """Read, override and validate a recipe file; bad input raises UserError naming the field."""
     path = Path(path)
     try:
@@ -296,8 +297,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return recipe_from_dict(raw, base=path.resolve().parent, overrides=overrides, source=str(path))
 
 
-def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: str = "recipe") -> Recipe:
-    """Validate a raw mapping (paths relative to `base`), after applying `--set` overrides."""
+Overrides = Sequence[str] | Mapping[str, Any]
+"""`--set` assignments (`KEY=VALUE`, the value read as YAML) or a mapping of dotted keys to values."""
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """A copy of a raw recipe mapping with its relative paths (models, weights, data) resolved against `base`."""
     raw = copy.deepcopy(raw)
     if isinstance(raw.get("data"), str):
         raw["data"] = {"spec": raw["data"]}
@@ -305,8 +310,23 @@ def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: s
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             sec[key] = _absolutize(sec[key], base)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: Overrides) -> None:
+    """Apply overrides to a raw recipe mapping in place (paths in values resolve against the current directory)."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_dotted(raw, str(key), value, Path.cwd())
+        return
     for assignment in overrides:
         apply_override(raw, assignment)
+
+
+def recipe_from_dict(raw: dict, base: Path, overrides: Overrides = (), source: str = "recipe") -> Recipe:
+    """Validate a raw mapping (paths relative to `base`), after applying overrides."""
+    raw = resolve_paths(raw, base)
+    apply_overrides(raw, overrides)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
+_quiet = 0
 
 
 class _Bar:
@@ -41,5 +42,17 @@ def progress_bar(label: str, total: int, unit: str = "") -> Iterator[_Bar]:
 
 
 def log(message: str) -> None:
-    """One status line on stderr."""
-    console.print(message, highlight=False)
+    """One status line on stderr (none inside `status_lines_off()`)."""
+    if not _quiet:
+        console.print(message, highlight=False)
+
+
+@contextlib.contextmanager
+def status_lines_off() -> Iterator[None]:
+    """Within, `log` prints nothing: for callers that report the result themselves (single-stage commands)."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1
