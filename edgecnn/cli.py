@@ -76,49 +76,31 @@ def main(debug: bool) -> None:
     """
 
 
-def _print_table(models: list[dict]) -> None:
+def _print_rich(title: str, header: list[str], rows: list[list[str]], width: int, styles: list | None = None) -> None:
+    """A rich table on stdout (`width` columns wide when stdout is not a terminal)."""
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.analysis.report import HEADER, model_rows
-
-    table = Table(*HEADER, title="edgecnn models")
-    for row in model_rows(models):
-        table.add_row(*row)
+    table = Table(*header, title=title)
+    for row, style in zip(rows, styles or [None] * len(rows), strict=True):
+        table.add_row(*row, style=style)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)
+        console = Console(width=width)
     console.print(table)
 
 
 def _print_table(models: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from edgecnn.analysis.report import HEADER, model_rows
 
-    table = Table(*HEADER, title="edgecnn models")
-    for row in model_rows(models):
-        table.add_row(*row)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    console.print(table)
+    _print_rich("edgecnn models", HEADER, model_rows(models), 160)
 
 
 def _print_compare(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from edgecnn.analysis.compare import COLUMNS, table_rows
 
-    table = Table(*COLUMNS, title="edgecnn compare")
-    for r, row in zip(result["rows"], table_rows(result["rows"]), strict=True):
-        table.add_row(*row, style="bold green" if r.get("best") else None)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    styles = ["bold green" if r.get("best") else None for r in result["rows"]]
+    _print_rich("edgecnn compare", COLUMNS, table_rows(result["rows"]), 200, styles)
     if result.get("budget"):
         click.echo(("" if result["budget"]["met"] else "no model meets the budget: ") + result["budget"]["message"])
 
