@@ -83,8 +83,8 @@ def _api(fn: F) -> F:
 class Run:
     """A finished run: its folder, its report.json and the report's model entries.
 
-    For a sweep, `report` is sweep.json's content (with the comparison) and `variants` holds each
-    finished variant's Run; `models` then lists every variant's entries.
+    For a sweep (`sweep` true), `report` is sweep.json's content (with the comparison) and
+    `variants` holds each finished variant's Run; `models` then lists every variant's entries.
     """
 
     run_dir: Path
@@ -136,7 +136,9 @@ class Run:
         return entries[next(i for i, r in enumerate(rows) if r is result["best"])]
 
 
-def _budget(max_latency_ms, max_size_kb, min_accuracy, device):
+def _budget(max_latency_ms: float | None, max_size_kb: float | None, min_accuracy: float | None,
+            device: str | None):
+    """compare's Budget, its limits checked as the CLI's options check them."""
     from edgecnn.analysis.compare import Budget
 
     for name, v in (("--max-latency-ms", max_latency_ms), ("--max-size-kb", max_size_kb)):
