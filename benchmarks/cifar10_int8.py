@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.compress.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
-from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.quantize import quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, fit, predict
 from edgecnn.config.recipe import TrainConfig
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecnn.compress.export import export_onnx, quantize_onnx, x86_without_vnni
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.quantize import quantize_onnx, x86_without_vnni
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data
 

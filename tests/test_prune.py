@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from edgecnn.compress.export import export_onnx, export_tflite
-from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.pruning import ChannelPruner, kept_layers, latency_timer
 from edgecnn.config.recipe import PruneConfig
 from edgecnn.core.errors import UserError
 from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, save_model

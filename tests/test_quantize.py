@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 from conftest import QUICKSTART, run_cli
 
-from edgecnn.compress.int8_select import choose
+from edgecnn.compression.int8_select import choose
 from edgecnn.runtime import agent
 
 
@@ -79,7 +79,7 @@ def test_forced_qat_produces_gated_int8_files_with_float_io(quickstart_run, tmp_
 
 def test_reduce_range_auto_follows_the_cpu():
     """auto: 7-bit weights only for u8 activations x s8 weights on x86 without VNNI; true/false as given."""
-    from edgecnn.compress.export import resolve_reduce_range, x86_without_vnni
+    from edgecnn.compression.quantize import resolve_reduce_range, x86_without_vnni
 
     assert resolve_reduce_range("auto", "uint8", "int8") is x86_without_vnni()
     assert resolve_reduce_range("auto", "int8", "int8") is False

@@ -350,14 +350,3 @@ def write_outputs(out: Path, result: dict) -> None:
     atomic_write_text(out / "compare.md", _markdown(result, names))
     atomic_write_text(out / "compare.html", _html(result, plots))
 
-
-def eval_identity(data, eval_samples: int | None) -> dict:
-    """What a report records about its evaluation split: which split, how many images, and their hash."""
-    import hashlib
-
-    split = data.test.head(eval_samples)
-    h = hashlib.sha256()
-    for t in (split.x, split.y):
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return {"split": "test", "samples": len(split), "sha256": h.hexdigest()}

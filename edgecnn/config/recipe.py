@@ -8,6 +8,7 @@ current directory.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -212,13 +213,21 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `key.path=value` assignment to the raw recipe mapping, in place."""
+    """Apply one `key.path=value` assignment (`--set`, value read as YAML) to the raw recipe mapping, in place."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set distill.epochs=2")
     key, _, text = assignment.partition("=")
+    set_dotted(raw, key, _parse_value(text), Path.cwd())
+
+
+def set_dotted(raw: dict, key: str, value: Any, base: Path, where: str = "--set") -> None:
+    """Set `value` at the dotted `key` of a raw recipe mapping, in place; a path value resolves against `base`.
+
+    `where` names the source in errors (`--set`, `sweep:`, an API argument).
+    """
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UserError(f"--set {assignment!r}: empty key; e.g. --set distill.epochs=2")
+        raise UserError(f"{where} {key!r}: empty key; e.g. --set distill.epochs=2")
     node = raw
     for p in parts[:-1]:
         if node.get(p) is None:
@@ -226,11 +235,11 @@ def apply_override(raw: dict, assignment: str) -> None:
         if p == "data" and isinstance(node[p], str):
             node[p] = {"spec": node[p]}
         if not isinstance(node[p], dict):
-            raise UserError(f"--set {key}: {p!r} is not a section")
+            raise UserError(f"{where} {key.strip()}: {p!r} is not a section")
         node = node[p]
-    value = _parse_value(text)
-    if (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} and isinstance(value, str):
-        value = _absolutize(value, Path.cwd())
+    is_path = (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} or parts == ["data"]
+    if is_path and isinstance(value, str):
+        value = _absolutize(value, base)
     node[parts[-1]] = value
 
 
@@ -254,7 +263,7 @@ def _absolutize(value: str, base: Path) -> str:
     return prefix + str(p) + suffix
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def validation_message(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
     msg = first["msg"]
@@ -264,7 +273,7 @@ def _format_validation(err: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {msg}{extra}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
     """Read, override and validate a recipe file; bad input raises UserError naming the field."""
     path = Path(path)
     try:
@@ -288,8 +297,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return recipe_from_dict(raw, base=path.resolve().parent, overrides=overrides, source=str(path))
 
 
-def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: str = "recipe") -> Recipe:
-    """Validate a raw mapping (paths relative to `base`), after applying `--set` overrides."""
+Overrides = Sequence[str] | Mapping[str, Any]
+"""`--set` assignments (`KEY=VALUE`, the value read as YAML) or a mapping of dotted keys to values."""
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """A copy of a raw recipe mapping with its relative paths (models, weights, data) resolved against `base`."""
     raw = copy.deepcopy(raw)
     if isinstance(raw.get("data"), str):
         raw["data"] = {"spec": raw["data"]}
@@ -297,12 +310,27 @@ def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: s
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             sec[key] = _absolutize(sec[key], base)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: Overrides) -> None:
+    """Apply overrides to a raw recipe mapping in place (paths in values resolve against the current directory)."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_dotted(raw, str(key), value, Path.cwd())
+        return
     for assignment in overrides:
         apply_override(raw, assignment)
+
+
+def recipe_from_dict(raw: dict, base: Path, overrides: Overrides = (), source: str = "recipe") -> Recipe:
+    """Validate a raw mapping (paths relative to `base`), after applying overrides."""
+    raw = resolve_paths(raw, base)
+    apply_overrides(raw, overrides)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_format_validation(e, source)) from None
+        raise UserError(validation_message(e, source)) from None
 
 
 def recipe_dict(recipe: Recipe) -> dict:

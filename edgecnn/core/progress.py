@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgecnn.core.console import terminal
 
+_quiet = 0
+
 
 def _console() -> Console:
     """A rich console on the terminal's stderr (edgecnn's own output, see core.console)."""
@@ -45,5 +47,17 @@ def progress_bar(label: str, total: int, unit: str = "") -> Iterator[_Bar]:
 
 
 def log(message: str) -> None:
-    """One status line on stderr."""
-    _console().print(message, highlight=False)
+    """One status line on stderr (none inside `status_lines_off()`)."""
+    if not _quiet:
+        _console().print(message, highlight=False)
+
+
+@contextlib.contextmanager
+def status_lines_off() -> Iterator[None]:
+    """Within, `log` prints nothing: for callers that report the result themselves (single-stage commands)."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
-from edgecnn.devices.profiles import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
+from edgecnn.devices.profiles import DeviceProfile, Transport, get_profile, transport_for
+from edgecnn.runtime.agent import FORMAT_RUNTIMES, MODEL_EXTENSIONS
 from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
 
 AGENT_TIMEOUT = 3600
-EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".ts": "pytorch", ".torchscript": "pytorch"}
 STAGE_OF = {"teacher": "teacher", "student": "distill"}
 
 
@@ -85,9 +85,13 @@ def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
 
 def model_job(path: Path) -> Job:
     """A single model file (.onnx, .tflite or TorchScript) as a job."""
-    fmt = EXTENSIONS.get(path.suffix.lower())
+    from edgecnn.models.files import is_torchscript
+
+    fmt = MODEL_EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: cannot deploy this format; give .onnx, .tflite or a TorchScript .ts file")
+    if path.suffix.lower() == ".pt" and not is_torchscript(path):
+        raise UserError(f"{path}: not a TorchScript file; deploy its exported .onnx or .tflite file (edgecnn export)")
     base = {
         "name": path.stem,
         "format": fmt,

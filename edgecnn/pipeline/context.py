@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import Dataset, load_data
+from edgecnn.data.identity import data_sha256
 
 
 @dataclass
@@ -34,13 +34,7 @@ class Context:
     def data_sha256(self) -> str:
         """A hash of the decoded data (every split's images and labels) and its normalisation."""
         if self._data_sha256 is None:
-            d, h = self.data, hashlib.sha256()
-            for split in (d.train, d.val, d.test):
-                for t in (split.x, split.y):
-                    h.update(str((t.dtype, tuple(t.shape))).encode())
-                    h.update(t.contiguous().numpy().tobytes())
-            h.update(repr((d.mean, d.std, d.classes)).encode())
-            self._data_sha256 = h.hexdigest()
+            self._data_sha256 = data_sha256(self.data)
         return self._data_sha256
 
     @property

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgecnn.config.recipe import PATH_KEYS, Recipe, _absolutize, _format_validation, recipe_dict
+from edgecnn.config.recipe import Recipe, recipe_dict, set_dotted, validation_message
 from edgecnn.core.artifacts import json_sha256, outputs_intact, read_manifest, run_lock
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import log
@@ -52,20 +52,6 @@ class SharedJob:
     members: list[str]
     parent: Path | None
     recipe: Recipe
-
-
-def _set_dotted(raw: dict, key: str, value: Any, base: Path) -> None:
-    parts = [p for p in key.split(".") if p]
-    node = raw
-    for p in parts[:-1]:
-        if node.get(p) is None:
-            node[p] = {}
-        if not isinstance(node[p], dict):
-            raise UserError(f"sweep: {key}: {p!r} is not a section")
-        node = node[p]
-    if (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} and isinstance(value, str):
-        value = _absolutize(value, base)
-    node[parts[-1]] = value
 
 
 def _short(value: Any) -> str:
@@ -106,22 +92,22 @@ def plan_variants(recipe: Recipe, base: Path) -> list[Variant]:
         seen[name] = assignments
         raw = json.loads(json.dumps(resolved))
         for k, v in assignments.items():
-            _set_dotted(raw, k, v, base)
+            set_dotted(raw, k, v, base, "sweep:")
         raw["name"] = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) else recipe.name
         try:
             rec = Recipe.model_validate(raw)
         except ValidationError as e:
-            raise UserError(_format_validation(e, f"sweep variant {name}")) from None
+            raise UserError(validation_message(e, f"sweep variant {name}")) from None
         variants.append(Variant(name, assignments, rec))
     return variants
 
 
 def _prefix_signature(recipe: Recipe, k: int) -> str:
-    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.stages.registry import default_stages
 
     r = recipe_dict(recipe)
     parts: list[Any] = [recipe.seed, r["data"]]
-    for s in STAGES[: k + 1]:
+    for s in default_stages()[: k + 1]:
         on = s.enabled(recipe)
         parts.append([s.name, on, s.config(recipe) if on else None])
     return json_sha256(parts)
@@ -129,11 +115,11 @@ def _prefix_signature(recipe: Recipe, k: int) -> str:
 
 def plan_shared(variants: list[Variant], run_dir: Path) -> list[list[SharedJob]]:
     """Shared prefix jobs, level by level (teacher, distill, ...): groups of >= 2 variants agreeing so far."""
-    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.stages.registry import default_stages
 
     levels: list[list[SharedJob]] = []
     latest: dict[str, SharedJob] = {}
-    for k, stage in enumerate(STAGES[:-1]):  # the bench stage (and report) belongs to each variant
+    for k, stage in enumerate(default_stages()[:-1]):  # the bench stage (and report) belongs to each variant
         groups: dict[str, list[Variant]] = {}
         for v in variants:
             groups.setdefault(_prefix_signature(v.recipe, k), []).append(v)
@@ -224,8 +210,9 @@ def _init_worker(threads: int) -> None:
 def run_job(recipe_json: dict, run_dir: str, upto: int | None, threads: int | None = None) -> dict:
     """Run stages 0..upto-1 (a shared prefix) or the whole pipeline and report (upto None) in `run_dir`."""
     from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.run_report import write_run_report
     from edgecnn.pipeline.runner import open_run, run_stages
-    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.stages.registry import default_stages
 
     if threads:
         import torch
@@ -235,23 +222,12 @@ def run_job(recipe_json: dict, run_dir: str, upto: int | None, threads: int | No
     ctx = Context(rec, Path(run_dir))
     t0 = time.perf_counter()
     if upto is not None:
-        status = run_stages(STAGES[:upto], ctx, resume=True)
+        status = run_stages(default_stages()[:upto], ctx, resume=True)
         return {"status": status, "wall_s": round(time.perf_counter() - t0, 3)}
     with open_run(ctx):
-        status = run_stages(STAGES, ctx, resume=True)
+        status = run_stages(default_stages(), ctx, resume=True)
         write_run_report(ctx, status)
     return {"status": status, "wall_s": round(time.perf_counter() - t0, 3)}
-
-
-def write_run_report(ctx, status: dict[str, str]) -> dict:
-    """report.json/.md/.png of a finished run, with the evaluation split's identity recorded."""
-    from edgecnn.analysis.compare import eval_identity
-    from edgecnn.analysis.report import build_report, write_report
-
-    data = {**ctx.data.describe(), "eval": eval_identity(ctx.data, ctx.recipe.data.eval_samples)}
-    report = build_report(recipe_dict(ctx.recipe), ctx.results, status, data)
-    write_report(ctx.run_dir, report)
-    return report
 
 
 # ---- backends ------------------------------------------------------------------------------------

@@ -27,6 +27,17 @@ import numpy as np
 AGENT_VERSION = 2
 WARMUP_SECONDS = 0.2
 
+# The one table of model formats and runtimes. The agent is copied alone to devices, so the table
+# lives here and the rest of edgecnn imports it from this file.
+FORMAT_RUNTIMES = {
+    "onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt"),
+    "tflite": ("litert", "tflite-runtime"),
+    "pytorch": ("torch", "torch-cuda"),
+}
+MODEL_EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".ts": "pytorch", ".torchscript": "pytorch", ".pt": "pytorch"}
+CPU_RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "pytorch": "torch"}  # what "auto" picks on a desktop CPU
+GPU_RUNTIMES = {"onnx": "onnxruntime-cuda", "pytorch": "torch-cuda"}  # local-gpu; TFLite has no desktop GPU path
+
 
 def _rss_mb() -> float:
     """Current resident memory of this process in MB (Linux /proc; peak RSS elsewhere)."""
@@ -146,17 +157,18 @@ class TorchScript:
 def open_runtime(path: str, threads: int, runtime: str = "auto"):
     """The runtime adapter for a model file, by its extension (and `runtime` preference)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".onnx":
+    fmt = MODEL_EXTENSIONS.get(ext)
+    if fmt == "onnx":
         providers = {
             "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
             "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
         }.get(runtime)
         return OnnxRuntime(path, threads, providers)
-    if ext == ".tflite":
-        return LiteRT(path, threads, runtime if runtime in ("litert", "tflite-runtime") else "auto")
-    if ext in (".ts", ".pt", ".torchscript"):
+    if fmt == "tflite":
+        return LiteRT(path, threads, runtime if runtime in FORMAT_RUNTIMES["tflite"] else "auto")
+    if fmt == "pytorch":
         return TorchScript(path, threads, cuda=runtime == "torch-cuda")
-    raise ValueError(f"{path}: unknown model format {ext!r}; expected .onnx, .tflite or .ts")
+    raise ValueError(f"{path}: unknown model format {ext!r}; expected {', '.join(MODEL_EXTENSIONS)}")
 
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -330,16 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--runtime",
         default="auto",
-        choices=[
-            "auto",
-            "onnxruntime",
-            "onnxruntime-cuda",
-            "onnxruntime-tensorrt",
-            "litert",
-            "tflite-runtime",
-            "torch",
-            "torch-cuda",
-        ],
+        choices=["auto", *(rt for rts in FORMAT_RUNTIMES.values() for rt in rts)],
     )
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--min-iters", type=int, default=50)

@@ -10,14 +10,12 @@ from pathlib import Path
 
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.progress import progress_bar
-from edgecnn.devices.profiles import check_bench_device
+from edgecnn.devices.profiles import check_local_device
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.agent import GPU_RUNTIMES
 from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
-
-# local-gpu: TorchScript on PyTorch CUDA, ONNX on ONNX Runtime's CUDA provider; TFLite has no desktop GPU path
-GPU_RUNTIMES = {"pytorch": "torch-cuda", "onnx": "onnxruntime-cuda"}
 
 
 def candidates(ctx: Context) -> list[dict]:
@@ -71,7 +69,7 @@ class BenchStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench
-        check_bench_device(cfg.device)
+        check_local_device(cfg.device, "bench.device")
         npz = out / "eval.npz"
         write_eval_npz(ctx.data, eval_split(ctx), npz)
         models = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.core.artifacts import file_sha256
 from edgecnn.models.files import ModelInfo, count_macs_params, load_model_file, load_torchscript
 from edgecnn.pipeline.context import Context

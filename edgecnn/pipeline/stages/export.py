@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.compress.export import export_onnx, export_tflite
-from edgecnn.compress.train import predict
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.train import predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import log

@@ -1,4 +1,4 @@
-"""Prune: remove channels for real (edgecnn.compress.pruning on Torch-Pruning's dependency graph), then fine-tune.
+"""Prune: remove channels for real (edgecnn.compression.pruning on Torch-Pruning's dependency graph), then fine-tune.
 
 The target is a channel ratio, a MAC reduction (`2` for 2x fewer MACs), a parameter budget or a
 latency budget (batch-1 p50 on `latency_device`, timed with the benchmark agent's loop while
@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer, pruning_mode
-from edgecnn.compress.train import fit
+from edgecnn.compression.pruning import ChannelPruner, kept_layers, latency_timer, pruning_mode
+from edgecnn.compression.train import fit
 from edgecnn.config.recipe import DistillConfig, PruneConfig, Recipe, recipe_dict
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import batches

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.compress.export import convert_pt2e_tflite, export_onnx, quantize_onnx, quantize_tflite
-from edgecnn.compress.int8_select import choose, describe, measure, onnx_candidates, within_budget
-from edgecnn.compress.qat import QatResult, train_qat
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.int8_select import choose, describe, measure, onnx_candidates, within_budget
+from edgecnn.compression.qat import QatResult, train_qat
+from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log
@@ -28,9 +29,8 @@ from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.agent import CPU_RUNTIMES
 from edgecnn.runtime.host import parity, write_eval_npz
-
-RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 class QuantizeStage(Stage):
@@ -51,6 +51,18 @@ class QuantizeStage(Stage):
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
+        return QuantizeRun(ctx, out).run()
+
+
+class QuantizeRun:
+    """One run of the quantize stage; its state (reference logits, work folder, QAT model) lives here."""
+
+    def __init__(self, ctx: Context, out: Path):
+        self.ctx, self.out = ctx, out
+        self._qat: QatResult | None = None
+
+    def run(self) -> dict:
+        ctx, out = self.ctx, self.out
         cfg = ctx.recipe.quantize
         source, _ = ctx.latest_model()
         model, _ = load_stage_model(ctx, source)
@@ -58,7 +70,7 @@ class QuantizeStage(Stage):
         ref = predict(model, ctx.data, split)
         self.ref_acc, self.ref_logits = accuracy(ref, split.y), ref.numpy()
         self.ref_name = f"{model_name(ctx, source)}/pytorch"
-        self.ctx, self.out, self.model, self._qat = ctx, out, model, None
+        self.model = model
         files, candidates, notes, deploy = {}, {}, [], {}
         with tempfile.TemporaryDirectory(dir=out) as work:
             self.work = Path(work)
@@ -173,7 +185,7 @@ class QuantizeStage(Stage):
         note = None
         if not faster:
             note = (
-                f"{RUNTIME[fmt]}: no int8 model is faster than fp32 on {self.ctx.recipe.bench.device} "
+                f"{CPU_RUNTIMES[fmt]}: no int8 model is faster than fp32 on {self.ctx.recipe.bench.device} "
                 f"(best int8 p50 {best['p50_ms']:.3f} ms, fp32 {fp32['p50_ms']:.3f} ms, batch 1, "
                 f"{fp32['threads']} thread(s)); "
                 + ("deploying fp32" if not use_int8 else "int8 kept because quantize.select is fixed")

@@ -234,15 +234,10 @@ def _prunable_blocks(model: nn.Module, example: torch.Tensor, options: dict, ign
 
 def latency_timer(threads: int = 1, device: str = "local-cpu") -> Callable[[nn.Module, torch.Tensor], float]:
     """A function timing one batch-1 forward (p50 ms) with the benchmark agent's loop, in this process."""
+    from edgecnn.devices.profiles import check_local_device
     from edgecnn.runtime.agent import measure_latency
 
-    if device not in ("local-cpu", "local-gpu"):
-        raise UserError(
-            f"prune.latency_device: {device!r} cannot be timed while pruning; use local-cpu (or local-gpu), "
-            "and `edgecnn deploy` to measure other devices"
-        )
-    if device == "local-gpu" and not torch.cuda.is_available():
-        raise UserError("prune.latency_device: local-gpu: no CUDA GPU on this machine; use local-cpu")
+    check_local_device(device, "prune.latency_device")
     dev = "cuda" if device == "local-gpu" else "cpu"
 
     class _Run:
