@@ -119,11 +119,10 @@ def plan_variants(recipe: Recipe, base: Path) -> list[Variant]:
 def _prefix_signature(recipe: Recipe, k: int) -> str:
     from edgecnn.pipeline.stages import STAGES
 
-    r = recipe_dict(recipe)
-    parts: list[Any] = [recipe.seed, r["data"]]
+    parts: list[Any] = [recipe.seed]
     for s in STAGES[: k + 1]:
         on = s.enabled(recipe)
-        parts.append([s.name, on, s.config(recipe) if on else None])
+        parts.append([s.name, on, [s.config(recipe), s.data_config(recipe)] if on else None])
     return json_sha256(parts)
 
 

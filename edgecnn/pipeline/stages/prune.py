@@ -48,12 +48,11 @@ def make_pruner(
 
 
 def taylor_grads(model: nn.Module, ctx: Context, n_batches: int = 4) -> None:
-    """Taylor importance needs gradients of the loss: accumulate a few batches' worth."""
+    """Taylor importance needs gradients of the loss: accumulate a few batches' worth of training images,
+    drawn evenly across classes (Dataset.calibration)."""
     model.train()
     model.zero_grad()
-    for i, (xb, yb) in enumerate(batches(ctx.data.train, 128)):
-        if i == n_batches:
-            break
+    for xb, yb in batches(ctx.data.calibration(n_batches * 128, ctx.recipe.seed), 128):
         F.cross_entropy(model(ctx.data.normalize(xb)), yb).backward()
 
 
@@ -151,6 +150,7 @@ def find_ratio(
 class PruneStage(Stage):
     name = "prune"
     reads = ("teacher", "distill")
+    data_reads = ("augment", "eval_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.prune is not None
