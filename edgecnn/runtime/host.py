@@ -122,6 +122,23 @@ def cpu_lease(count: int = 1, timeout: float = 3600.0) -> Iterator[list[int]]:
         _release(held)
 
 
+@contextlib.contextmanager
+def pinned_thread(cpus: list[int]) -> Iterator[None]:
+    """Run the calling thread on `cpus` for the `with` block (in-process timing on a leased CPU), then restore it."""
+    before = allowed_cpus()
+    try:
+        if cpus:
+            os.sched_setaffinity(0, set(cpus))
+    except OSError:
+        before = []
+    try:
+        yield
+    finally:
+        if before and cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, set(before))
+
+
 def _release(held: list[tuple[int, int]]) -> None:
     for _, fd in held:
         with contextlib.suppress(OSError):
