@@ -235,3 +235,32 @@ def test_compare_missing_or_corrupt_report(resumed, tmp_path):
     assert proc.returncode == 2 and "corrupt report.json" in proc.stderr and len(proc.stderr.splitlines()) == 1
     proc = run_cli("compare", first, "--device", "rpi4", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "--device rpi4: no model was measured on it" in proc.stderr
+
+
+def test_wilson_interval_and_two_proportion_test():
+    from edgecnn.analysis.stats import two_proportion_p, wilson_interval
+
+    lo, hi = wilson_interval(0.9, 1000)  # 900 of 1,000: the textbook interval
+    assert lo == pytest.approx(0.8798, abs=1e-4) and hi == pytest.approx(0.9171, abs=1e-4)
+    assert wilson_interval(1.0, 50)[1] == 1.0 and wilson_interval(0.0, 50)[0] == 0.0
+    assert wilson_interval(None, 10) is None and wilson_interval(0.5, 0) is None
+    assert two_proportion_p(0.90, 1000, 0.91, 1000) > 0.4  # one point on 1,000 images: noise
+    assert two_proportion_p(0.90, 10_000, 0.92, 10_000) < 1e-4
+
+
+def test_compare_says_when_the_best_models_are_not_distinguishable():
+    from edgecnn.analysis.compare import Budget, choose
+    from edgecnn.analysis.stats import wilson_interval
+
+    def row(run, acc, p50, n=1000):
+        return {"run": run, "model": "student", "format": "onnx", "precision": "int8", "device": "local-cpu",
+                "accuracy": acc, "eval_samples": n, "top1_ci95": wilson_interval(acc, n), "p50_ms": p50,
+                "size_kb": 10.0}
+
+    rows = [row("a", 0.912, 1.0), row("b", 0.905, 0.8), row("c", 0.850, 0.5), row("d", 0.95, 9.0)]
+    got = choose(rows, Budget(max_latency_ms=2.0))
+    assert got["best"]["run"] == "a" and [t["run"] for t in got["indistinguishable"]] == ["b"]
+    assert "not distinguishable on these 1000 test images from 1 other model(s)" in got["message"]
+    assert "b: student onnx int8 on local-cpu (0.9050 [0.885, 0.922], p=0.59)" in got["message"]
+    clear = choose([row("a", 0.95, 1.0, 10_000), row("b", 0.90, 0.8, 10_000)], Budget(max_latency_ms=2.0))
+    assert clear["indistinguishable"] == [] and "not distinguishable" not in clear["message"]

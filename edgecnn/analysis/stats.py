@@ -16,7 +16,7 @@ def wilson_interval(accuracy: float | None, n: int | None, z: float = Z95) -> li
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))]  # exact at k = 0 and k = n
 
 
 def classification_fields(accuracy: float | None, n: int | None) -> dict:
