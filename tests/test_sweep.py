@@ -83,7 +83,8 @@ def test_killed_sweep_resumes_without_recomputing_finished_variants(resumed):
     for name in status:
         report = json.loads((out / "variants" / name / "report.json").read_text())
         assert report["recipe"]["prune"]["ratio"] == float(name.removeprefix("ratio"))
-        assert report["stages"]["prune"]["status"] == "ran"
+        # timed stages start once every variant has trained: the killed sweep had pruned them all
+        assert report["stages"]["prune"]["status"] == ("ran" if name in resumed["finished"] else "reused")
         assert report["data"]["eval"]["samples"] == 300 and len(report["data"]["eval"]["sha256"]) == 64
 
 
@@ -96,6 +97,19 @@ def test_shared_stages_ran_once_and_are_linked_into_every_variant(resumed):
         for v in (out / "variants").iterdir():
             assert os.path.samefile(src, v / stage / "manifest.json"), (stage, v.name)
             assert stage in json.loads((v / "report.json").read_text())["reused_stages"]
+
+
+def test_timed_stages_start_after_every_variant_has_trained(resumed):
+    """No variant quantizes or benchmarks (times models) while another one still trains."""
+    variants = list((resumed["out"] / "variants").iterdir())
+
+    def finished(v, stage):
+        return (v / stage / "manifest.json").stat().st_mtime_ns
+
+    last_training = max(finished(v, "prune") for v in variants)
+    assert min(finished(v, s) for v in variants for s in ("quantize", "bench")) > last_training
+    assert "timed stages (quantize, bench) start after" in json.loads((resumed["out"] / "sweep.json").read_text())[
+        "timing"]
 
 
 def test_sweep_writes_a_self_contained_comparison(resumed):
