@@ -39,6 +39,7 @@ def test_report_lists_every_model_with_measurements(quickstart_report):
         assert m["task"] == "classification" and m["score"] == m["metrics"]["top1"] == m["accuracy"]
         lo, hi = m["metrics"]["top1_ci95"]
         assert lo < m["accuracy"] < hi and 0.01 < hi - lo < 0.1  # 95% Wilson interval on 1,000 images
+        assert len(m["cpus"]) == 1  # one thread, on the CPU leased for this timing
         assert m["providers"] == {"pytorch": ["cpu"], "onnx": ["CPUExecutionProvider"], "tflite": ["XNNPACK"]}[
             m["format"]]
 

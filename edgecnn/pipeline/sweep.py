@@ -7,7 +7,10 @@ with hard links of its parent group's finished stage folders; the finished folde
 into every member's RUN/variants/<name>/, where the pipeline's `--resume` logic reuses them (their
 keys match: a stage key hashes config, seed, data and its inputs' manifests, never the folder).
 A variant whose report.json already holds its resolved recipe is finished and is not run again,
-so an interrupted sweep resumes where it stopped.
+so an interrupted sweep resumes where it stopped. Stages that time models (TIMED_STAGES) start only
+once every variant's training stages are done, and each timing leases its own CPU
+(edgecnn.runtime.host.cpu_lease), so no two concurrent timings share a core and none runs beside a
+training run.
 """
 
 from __future__ import annotations

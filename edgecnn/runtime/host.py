@@ -35,7 +35,7 @@ AGENT_PATH = Path(agent.__file__)
 
 
 MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "providers", "threads",
-            "batch_size")
+            "cpus", "batch_size")
 """The fields of an agent's result that a report entry takes over as they are."""
 
 

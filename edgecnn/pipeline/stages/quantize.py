@@ -7,9 +7,9 @@ validation and test images and at batch 1 on the local CPU, and the fastest with
 `quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source, on the validation split)
 is kept; test accuracies are reported, never used to choose. When no post-training candidate
 meets the budget, quantization-aware training (`quantize.qat`) fine-tunes the model and its int8
-files join the candidates. Each runtime then deploys int8 only
-if it beats that runtime's fp32 file; otherwise the result (and the report) say so and fp32 is
-the deployed model. A budget still missed fails the stage (or warns, with on_fail: warn).
+files join the candidates. Each runtime then deploys int8 only if it beats that runtime's fp32
+file; otherwise the result (and the report) say so and fp32 is the deployed model. A budget
+still missed fails the stage (or warns, with on_fail: warn).
 """
 
 from __future__ import annotations
