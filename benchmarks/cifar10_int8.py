@@ -66,7 +66,7 @@ def measure_model(
     name: str, model, origin: str, data, npz: Path, small_npz: Path, work: Path, seconds: float
 ) -> dict:
     """Export, quantize and measure one model (five files): test accuracy once, p50 at all threads and one."""
-    shape, calib = data.input_shape, data.normalize(data.train.x[:256])
+    shape, calib = data.input_shape, data.normalize(data.calibration(256).x)
     files = {
         ("onnxruntime", "fp32"): work / f"{name}.onnx",
         ("onnxruntime", "int8"): work / f"{name}.int8.onnx",

@@ -62,7 +62,7 @@ def main() -> None:
     data.mean, data.std = meta["mean"], meta["std"]
     test = data.test.head(3000)
     x, y = data.normalize(test.x).numpy(), test.y.numpy()
-    calib = data.normalize(data.train.head(512).x).numpy()
+    calib = data.normalize(data.calibration(512).x).numpy()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"

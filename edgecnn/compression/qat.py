@@ -92,7 +92,7 @@ def train_qat(
 
     torch.manual_seed(seed)
     bs = min(cfg.batch_size, len(data.train))
-    example = (data.normalize(data.train.x[:bs]),)
+    example = (data.normalize(data.calibration(bs, seed).x),)
     batch = torch.export.Dim("batch", min=2, max=65_536)
     with quiet_libraries(), _torchao_patterns_as_modules():
         exported = torch.export.export(copy.deepcopy(for_export(model)), example, dynamic_shapes=({0: batch},)).module()

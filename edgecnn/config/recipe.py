@@ -23,6 +23,9 @@ AutoBool = Annotated[
 ]
 
 
+Pixels = Annotated[int, Field(ge=1, le=8192)]
+
+
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors."""
 
@@ -37,6 +40,9 @@ class DataConfig(Section):
     augment: Literal["none", "cifar", "auto"] = "auto"
     eval_samples: int | None = Field(None, ge=1, description="limit the test split (None: all)")
     calib_samples: int = Field(256, ge=1, le=100_000)
+    image_size: Pixels | tuple[Pixels, Pixels] | None = Field(
+        None, description="image folders: resize each image to cover [height, width] (or N x N), crop the centre"
+    )
 
     @field_validator("std")
     @classmethod
@@ -291,7 +297,8 @@ def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise UserError(f"{path}: malformed YAML{at}; fix the syntax") from None
     if raw is None:
-        raw = {}
+        raise UserError(f"{path}: the recipe is empty (no YAML, or only comments); give at least `data:`, "
+                        "e.g. copy recipes/quickstart.yaml")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of sections (name, data, teacher, ...)")
     return recipe_from_dict(raw, base=path.resolve().parent, overrides=overrides, source=str(path))

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecnn.analysis.stats import classification_fields
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
 from edgecnn.devices.profiles import DeviceProfile, Transport, get_profile, transport_for
@@ -152,6 +153,7 @@ def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> d
     return {
         **job.base,
         **dict.fromkeys(MEASURED),
+        **classification_fields(None, None),
         "runtime": runtime,
         "device": profile.name,
         "emulated": profile.emulated,

@@ -27,7 +27,7 @@ class Context:
     def data(self) -> Dataset:
         if self._data is None:
             d = self.recipe.data
-            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std)
+            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std, d.image_size)
         return self._data
 
     @property
@@ -57,11 +57,20 @@ class Context:
         raise UserError("no model to compress: the recipe needs a teacher or a student")
 
 
+DATA_IDENTITY = ("spec", "val_fraction", "mean", "std", "image_size")
+"""The `data` keys that decide what the images and their normalisation are: every stage reads them."""
+
+
 class Stage:
-    """A pipeline stage: a config slice, the stages it reads, and `run` producing files + result."""
+    """A pipeline stage: a config slice, the stages it reads, and `run` producing files + result.
+
+    `data_reads` names the other `data` keys the stage uses (augment, eval_samples, calib_samples),
+    so changing one redoes only the stages that read it.
+    """
 
     name: str = ""
     reads: tuple[str, ...] = ()
+    data_reads: tuple[str, ...] = ()
 
     def enabled(self, recipe: Recipe) -> bool:
         return True
@@ -69,6 +78,11 @@ class Stage:
     def config(self, recipe: Recipe) -> Any:
         """The part of the recipe this stage's output depends on (hashed into its key)."""
         return recipe_dict(recipe).get(self.name)
+
+    def data_config(self, recipe: Recipe) -> dict:
+        """The part of the `data` section this stage's output depends on (hashed into its key)."""
+        data = recipe_dict(recipe)["data"]
+        return {k: data[k] for k in (*DATA_IDENTITY, *self.data_reads)}
 
     def run(self, ctx: Context, out: Path) -> dict:
         """Write this stage's artifacts into `out` and return its result record."""

@@ -20,10 +20,13 @@ def preflight(ctx: Context) -> None:
     from edgecnn.devices.profiles import check_local_device
     from edgecnn.models.files import build_model, load_weights
     from edgecnn.models.user import data_model_info, load_user_model
+    from edgecnn.pipeline.stages.common import decision_split
 
     recipe = ctx.recipe
     check_local_device(recipe.bench.device, "bench.device")
     data = ctx.data
+    if recipe.export is not None and recipe.export.formats:
+        decision_split(ctx)  # the export and quantize gates need validation images
     t = recipe.teacher
     teacher = None
     if t.model or t.weights:

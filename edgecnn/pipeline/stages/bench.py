@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import progress_bar
 from edgecnn.devices.profiles import check_local_device
 from edgecnn.pipeline.context import Context, Stage
@@ -16,6 +17,8 @@ from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import GPU_RUNTIMES
 from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
+
+GPU_PROVIDERS = ("cuda", "CUDAExecutionProvider", "TensorrtExecutionProvider")  # what the agent reports on a GPU
 
 
 def candidates(ctx: Context) -> list[dict]:
@@ -63,9 +66,10 @@ def candidates(ctx: Context) -> list[dict]:
 class BenchStage(Stage):
     name = "bench"
     reads = ("teacher", "distill", "prune", "export", "quantize")
+    data_reads = ("eval_samples",)
 
     def config(self, recipe: Recipe) -> dict:
-        return {"bench": recipe_dict(recipe)["bench"], "eval_samples": recipe.data.eval_samples}
+        return recipe_dict(recipe)["bench"]
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench
@@ -97,6 +101,11 @@ class BenchStage(Stage):
             min_iters=cfg.min_iters,
             min_seconds=cfg.min_seconds,
         )
+        if cfg.device == "local-gpu" and not any(p in GPU_PROVIDERS for p in (m.get("providers") or [])[:1]):
+            raise StageFailed(
+                f"{target.name}: the agent ran on {(m.get('providers') or ['an unknown provider'])[0]}, not a GPU; "
+                "refusing to report CPU numbers as local-gpu numbers"
+            )
         return {
             "name": c["name"],
             "format": c["format"],

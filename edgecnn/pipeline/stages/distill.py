@@ -15,6 +15,7 @@ from edgecnn.pipeline.stages.teacher import model_info
 class DistillStage(Stage):
     name = "distill"
     reads = ("teacher",)
+    data_reads = ("augment", "eval_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.student is not None and recipe.student.model is not None

@@ -1,13 +1,15 @@
 """Quantize: int8 ONNX (onnxruntime static, from the fp32 export) and int8 TFLite (litert-torch PT2E).
 
-Calibration uses the first `data.calib_samples` real training images. With `select: auto` several
-ONNX configs (format, signed/unsigned activations, calibration method) are tried; every candidate
-is measured by the agent on the whole evaluation split and at batch 1 on the local CPU, and the
-fastest within `quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source) is kept.
-When no post-training candidate meets the budget, quantization-aware training (`quantize.qat`)
-fine-tunes the model and its int8 files join the candidates. Each runtime then deploys int8 only
-if it beats that runtime's fp32 file; otherwise the result (and the report) say so and fp32 is
-the deployed model. A budget still missed fails the stage (or warns, with on_fail: warn).
+Calibration uses `data.calib_samples` real training images drawn evenly across classes (seeded,
+Dataset.calibration). With `select: auto` several ONNX configs (format, signed/unsigned
+activations, calibration method) are tried; every candidate is measured by the agent on the
+validation and test images and at batch 1 on the local CPU, and the fastest within
+`quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source, on the validation split)
+is kept; test accuracies are reported, never used to choose. When no post-training candidate
+meets the budget, quantization-aware training (`quantize.qat`) fine-tunes the model and its int8
+files join the candidates. Each runtime then deploys int8 only if it beats that runtime's fp32
+file; otherwise the result (and the report) say so and fp32 is the deployed model. A budget
+still missed fails the stage (or warns, with on_fail: warn).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log
+from edgecnn.data.datasets import Split
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model
 from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import CPU_RUNTIMES
@@ -36,6 +39,7 @@ from edgecnn.runtime.host import parity, write_eval_npz
 class QuantizeStage(Stage):
     name = "quantize"
     reads = ("teacher", "distill", "prune", "export")
+    data_reads = ("augment", "eval_samples", "calib_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.quantize is not None and recipe.quantize.enabled and recipe.export is not None
@@ -45,9 +49,7 @@ class QuantizeStage(Stage):
         return {
             "quantize": r["quantize"],
             "formats": r["export"]["formats"],
-            "calib": recipe.data.calib_samples,
             "bench": r["bench"],
-            "eval_samples": recipe.data.eval_samples,
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
@@ -66,32 +68,35 @@ class QuantizeRun:
         cfg = ctx.recipe.quantize
         source, _ = ctx.latest_model()
         model, _ = load_stage_model(ctx, source)
-        split = eval_split(ctx)
-        ref = predict(model, ctx.data, split)
-        self.ref_acc, self.ref_logits = accuracy(ref, split.y), ref.numpy()
+        val, test = decision_split(ctx), eval_split(ctx)
+        ref_val, ref_test = predict(model, ctx.data, val), predict(model, ctx.data, test)
+        self.ref_val_acc, self.ref_acc = accuracy(ref_val, val.y), accuracy(ref_test, test.y)
+        self.ref_logits = ref_test.numpy()
+        self.labels = {DECISION_SPLIT: val.y.numpy(), "test": test.y.numpy()}
         self.ref_name = f"{model_name(ctx, source)}/pytorch"
         self.model = model
         files, candidates, notes, deploy = {}, {}, [], {}
+        budget = cfg.accuracy_budget
         with tempfile.TemporaryDirectory(dir=out) as work:
             self.work = Path(work)
-            self.npz = self.work / "eval.npz"
-            write_eval_npz(ctx.data, split, self.npz)
+            self.npz = self.work / "eval.npz"  # the validation images, then the test images
+            write_eval_npz(ctx.data, Split(torch.cat([val.x, test.x]), torch.cat([val.y, test.y])), self.npz)
             for fmt in ctx.recipe.export.formats:
-                fp32_file = ctx.stage_dir("export") / f"model.{fmt}"
-                fp32 = measure(fp32_file, self.npz, ctx.recipe.bench, self.work / "logits.npy")
+                fp32 = self._scored(measure(ctx.stage_dir("export") / f"model.{fmt}", self.npz, ctx.recipe.bench,
+                                            self.work / "logits.npy"))
                 cands = self._post_training(fmt)
-                best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                best = choose(cands, self.ref_val_acc, budget)
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
                     cands += self._qat_candidates(fmt, best)
-                    best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                    best = choose(cands, self.ref_val_acc, budget)
                 if best is None:
-                    best = max(cands, key=lambda c: c["accuracy"])
+                    best = max(cands, key=lambda c: c["val_accuracy"])
                     gate(
                         False,
-                        f"{fmt} int8 loses {100 * (self.ref_acc - best['accuracy']):.2f} points against fp32 "
-                        f"PyTorch even in its best config ({describe(best['config'])}"
+                        f"{fmt} int8 loses {100 * (self.ref_val_acc - best['val_accuracy']):.2f} points against "
+                        f"fp32 PyTorch on the validation split even in its best config ({describe(best['config'])}"
                         f"{', after QAT' if best['qat'] else ''}); budget quantize.accuracy_budget="
-                        f"{cfg.accuracy_budget}; raise the budget or enable quantize.qat",
+                        f"{budget}; raise the budget or enable quantize.qat",
                         cfg.on_fail,
                     )
                 files[fmt], candidates[fmt], note = self._keep(fmt, best, cands, fp32)
@@ -99,7 +104,8 @@ class QuantizeRun:
                 if note:
                     notes.append(note)
                     log(f"[yellow]note:[/yellow] {note}")
-        result = {"source": source, "files": files, "candidates": candidates, "deploy": deploy, "notes": notes}
+        result = {"source": source, "decision_split": DECISION_SPLIT, "files": files, "candidates": candidates,
+                  "deploy": deploy, "notes": notes}
         if self._qat is not None:
             result["qat"] = {"epochs": len(self._qat.history), "history": self._qat.history}
         return result
@@ -118,12 +124,25 @@ class QuantizeRun:
         )
 
     def calib(self) -> torch.Tensor:
-        return self.ctx.data.normalize(self.ctx.data.train.x[: self.ctx.recipe.data.calib_samples])
+        """The calibration images: data.calib_samples training images, evenly across classes."""
+        return self.ctx.data.normalize(self.ctx.data.calibration(self.ctx.recipe.data.calib_samples,
+                                                                 self.ctx.recipe.seed).x)
+
+    def _scored(self, m: dict) -> dict:
+        """An agent result over validation + test images, split into `val_accuracy`, `accuracy` (test), test logits."""
+        n_val = len(self.labels[DECISION_SPLIT])
+        logits = m["logits"]
+        return {
+            **m,
+            "val_accuracy": float((logits[:n_val].argmax(1) == self.labels[DECISION_SPLIT]).mean()),
+            "accuracy": float((logits[n_val:].argmax(1) == self.labels["test"]).mean()),
+            "logits": logits[n_val:],
+        }
 
     def _measured(self, path: Path, config: dict, qat: bool) -> dict:
-        m = measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy")
+        m = self._scored(measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy"))
         log(f"  {path.suffix[1:]} int8 {describe(config)}{' QAT' if qat else ''}: "
-            f"accuracy {m['accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
+            f"val accuracy {m['val_accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
         return {"config": config, "qat": qat, "path": path, **m}
 
     def _post_training(self, fmt: str) -> list[dict]:
@@ -190,22 +209,28 @@ class QuantizeRun:
                 f"{fp32['threads']} thread(s)); "
                 + ("deploying fp32" if not use_int8 else "int8 kept because quantize.select is fixed")
             )
+        budget = self.ctx.recipe.quantize.accuracy_budget
         table = [
             {
                 "config": c["config"],
                 "label": describe(c["config"]),
                 "qat": c["qat"],
+                "val_accuracy": c["val_accuracy"],
                 "accuracy": c["accuracy"],
                 "p50_ms": c["p50_ms"],
-                "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
+                "within_budget": within_budget(self.ref_val_acc, c["val_accuracy"], budget),
                 "chosen": c is best,
             }
             for c in cands
         ]
-        table.insert(0, {"config": "fp32", "label": "fp32 export", "qat": False, "accuracy": fp32["accuracy"],
-                         "p50_ms": fp32["p50_ms"], "within_budget": True, "chosen": False})
+        table.insert(0, {"config": "fp32", "label": "fp32 export", "qat": False, "val_accuracy": fp32["val_accuracy"],
+                         "accuracy": fp32["accuracy"], "p50_ms": fp32["p50_ms"], "within_budget": True,
+                         "chosen": False})
         record = {
             "file": name,
+            "decision_split": DECISION_SPLIT,
+            "val_accuracy": best["val_accuracy"],
+            "reference_val_accuracy": self.ref_val_acc,
             "accuracy": best["accuracy"],
             "reference_accuracy": self.ref_acc,
             "parity": parity(best["logits"], self.ref_logits, self.ref_name),

@@ -19,6 +19,7 @@ def model_info(ctx: Context, spec: str, kwargs: dict) -> ModelInfo:
 
 class TeacherStage(Stage):
     name = "teacher"
+    data_reads = ("augment", "eval_samples")
 
     def config(self, recipe: Recipe) -> dict:
         r = recipe_dict(recipe)
