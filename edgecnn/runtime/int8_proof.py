@@ -5,7 +5,7 @@ or a dequantize step around every layer. `integer_macs(path)` walks the exported
 every MAC-carrying layer (convolutions, fully-connected and matrix products), counts its MACs at
 batch 1 and decides whether it runs in an integer kernel:
 
-- ONNX: `QLinearConv` / `QLinearMatMul` / `ConvInteger` / `MatMulInteger` are integer; in QDQ
+- ONNX: `QLinearConv` / `QLinearMatMul` / `QGemm` / `ConvInteger` / `MatMulInteger` are integer; in QDQ
   files a `Conv` / `Gemm` / `MatMul` is integer when its activation and its weight come from
   `DequantizeLinear` nodes with 8-bit inputs and its output goes to a `QuantizeLinear` (the pattern
   ONNX Runtime fuses into an integer kernel); anything else runs in float.
@@ -143,18 +143,21 @@ def _onnx_layers(path: Path) -> list[dict]:
                 macs = int(np.prod(in_shape)) * w[1] * kernel
             else:
                 macs = int(np.prod(o)) * w[1] * kernel  # w[1] is in_channels / group
-        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-            a_in, b_in = (n.input[0], n.input[3]) if op == "QLinearMatMul" else (n.input[0], n.input[1])
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"):
+            a_in, b_in = (n.input[0], n.input[3]) if op in ("QLinearMatMul", "QGemm") else (n.input[0], n.input[1])
             a, b, o = shapes.get(a_in), weight_shape(b_in), shapes.get(n.output[0])
-            if not a or not b or not o:
+            if not b:
                 continue
-            k = b[0] if not (op == "Gemm" and attr(n, "transB", 0)) else b[-1]
-            if op != "Gemm" and len(b) >= 2:
-                k = b[-2]
+            gemm = op in ("Gemm", "QGemm")
+            trans_b = gemm and attr(n, "transB", 0)
+            k = (b[-1] if trans_b else b[0]) if gemm else b[-2]
+            if not o:  # com.microsoft ops (QGemm) have no ONNX shape inference: (M, N) from the inputs
+                o = ((a[0] if a else 1), (b[0] if trans_b else b[-1]))
+                shapes[n.output[0]] = o
             macs = int(np.prod(o)) * int(k)
         else:
             continue
-        if op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+        if op in ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"):
             integer = True
         else:
             act_in, w_in = n.input[0], n.input[1]
