@@ -1,8 +1,9 @@
-"""Small anchor-free detectors (FCOS-style, Tian et al. 2019) for edge targets: `det_small` and `det_tiny`.
+"""Small anchor-free detectors for edge targets: `det_small` and `det_tiny`.
 
-A plain conv backbone (3x3 conv-BN-ReLU stages, each halving the resolution), a top-down neck
-(1x1 laterals, nearest upsampling, sums) and, per level, a head tower ending in one 3x3
-prediction conv with 4 + 1 + C channels: box log-distances, centerness, class logits. The
+One prediction per location of each level, as in FCOS (Tian et al. 2019) and YOLOX (Ge et al.
+2021): a plain conv backbone (3x3 conv-BN-ReLU stages, each halving the resolution), a top-down
+neck (1x1 laterals, nearest upsampling, sums) and, per level, a head tower ending in one 3x3
+prediction conv with 4 + 1 + C channels: box centre offset and log size, quality, class logits. The
 forward pass returns the raw head tensor (N, L, 5 + C), every level's locations one after the
 other; no decoding or NMS inside the graph, so it exports to ONNX and TFLite as it is and
 `edgecnn/tasks/detection/decode.py` decodes it the same way on the host and on a device.
@@ -28,7 +29,7 @@ def conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
 
 
 class Head(nn.Module):
-    """One level's tower of 3x3 convs and its prediction conv (box 4, centerness 1, classes C)."""
+    """One level's tower of 3x3 convs and its prediction conv (box 4, quality 1, classes C)."""
 
     def __init__(self, width: int, convs: int, num_classes: int):
         super().__init__()
@@ -42,8 +43,8 @@ class Head(nn.Module):
         return self.pred(self.tower(x))
 
 
-class TinyFCOS(nn.Module):
-    """An FCOS-style detector: backbone of stride-2 stages, top-down neck, a head per level."""
+class TinyDetector(nn.Module):
+    """An anchor-free detector: backbone of stride-2 stages, top-down neck, a head per level."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class TinyFCOS(nn.Module):
     def head_spec(self) -> dict:
         """What the output tensor holds (see edgecnn/tasks/detection/decode.py)."""
         return {
-            "kind": "fcos",
+            "kind": "center_size",
             "strides": list(self.strides),
             "num_classes": self.num_classes,
             "input_size": [self.image_size, self.image_size],
@@ -96,12 +97,12 @@ class TinyFCOS(nn.Module):
 
 
 def _det_small(num_classes: int, in_channels: int, image_size: int, **kw) -> nn.Module:
-    return TinyFCOS(num_classes, in_channels, image_size, **kw)
+    return TinyDetector(num_classes, in_channels, image_size, **kw)
 
 
 def _det_tiny(num_classes: int, in_channels: int, image_size: int, **kw) -> nn.Module:
     kw = {"widths": (8, 16, 32, 64), "head_width": 32, "head_convs": 1, **kw}
-    return TinyFCOS(num_classes, in_channels, image_size, **kw)
+    return TinyDetector(num_classes, in_channels, image_size, **kw)
 
 
 DETECTORS = {"det_small": _det_small, "det_tiny": _det_tiny}

@@ -11,7 +11,7 @@ owns six things:
 2. **Losses**: `loss(outputs, targets, head)` for training on labels and
    `distill_loss(student, teacher, targets, head, kd)` toward a teacher's outputs.
 3. **The head**: `head_spec(model, data)` is a JSON-able dict describing what the model's raw
-   output tensor holds (`{"kind": "logits", ...}`, `{"kind": "fcos", "strides": ...}`). It travels
+   output tensor holds (`{"kind": "logits", ...}`, `{"kind": "center_size", "strides": ...}`). It travels
    with an export (and to the device agent), since exported graphs end at that raw tensor.
 4. **Decoding**: `decode(raw, head)` turns raw outputs (numpy, what any runtime returns) into the
    task's predictions. Its numeric core is numpy-only code the device agent runs too.

@@ -5,14 +5,15 @@ copied as it is beside the standalone device agent (`edgecnn/runtime/agent.py`):
 device decode one way. A model's exported graph ends at its raw head tensor; what that tensor
 holds is described by a *head spec*, a JSON-able dict that travels with the model:
 
-    {"kind": "fcos", "strides": [8, 16], "num_classes": 10, "input_size": [96, 96]}
+    {"kind": "center_size", "strides": [8, 16], "num_classes": 10, "input_size": [96, 96]}
 
-`fcos` (edgecnn's zoo detectors, `edgecnn/models/zoo_detect.py`): one tensor (N, L, 5 + C) over
-the L locations of every level, level after level, row-major within a level. A level of stride s
-has ceil(H/s) x ceil(W/s) locations centred at ((j + 0.5) s, (i + 0.5) s). Per location: four
-log-distances in stride units to the box's left, top, right and bottom sides
-(distance = exp(v) * s), a centerness logit, and C class logits; a class's score is
-sqrt(sigmoid(class) * sigmoid(centerness)).
+`center_size` (edgecnn's zoo detectors, `edgecnn/models/zoo_detect.py`; anchor-free, one
+prediction per location as in FCOS and YOLOX): one tensor (N, L, 5 + C) over the L locations of
+every level, level after level, row-major within a level. A level of stride s has ceil(H/s) x
+ceil(W/s) locations centred at ((j + 0.5) s, (i + 0.5) s). Per location: the box centre's offset
+from the location in strides (dx, dy), the box's log width and height in strides
+(w = exp(v) * s), a quality logit, and C class logits; a class's score is
+sqrt(sigmoid(class) * sigmoid(quality)).
 
 Boxes are (x1, y1, x2, y2) in pixels of the model input (continuous coordinates: the image spans
 0..W and 0..H).
@@ -29,7 +30,7 @@ SCORE_THRESHOLD = 0.05  # low on purpose: COCO mAP integrates over every confide
 IOU_THRESHOLD = 0.6
 MAX_DETECTIONS = 100  # COCO's maxDets
 PRE_NMS_TOP_K = 1000
-MAX_LOG_DISTANCE = 10.0  # exp() of larger raw values overflows float32 long before it means anything
+MAX_LOG_SIZE = 10.0  # exp() of larger raw values overflows float32 long before it means anything
 
 
 @dataclass
@@ -59,40 +60,46 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in `a` (n, 4) with every box in `b` (m, 4): (n, m)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    a, b = np.asarray(a, np.float32).reshape(-1, 4), np.asarray(b, np.float32).reshape(-1, 4)
+    ax1, ay1, ax2, ay2 = (a[:, k : k + 1] for k in range(4))
+    bx1, by1, bx2, by2 = (b[:, k] for k in range(4))
+    iw = np.clip(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0, None)
+    ih = np.clip(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0, None)
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the kept boxes, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the kept boxes, highest score first (at most `max_keep`)."""
     order = np.argsort(-scores, kind="stable")
+    ious = box_iou(boxes[order], boxes[order])
+    suppressed = np.zeros(len(order), bool)
     keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        if order.size == 1:
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        if max_keep is not None and len(keep) >= max_keep:
             break
-        rest = order[1:]
-        order = rest[box_iou(boxes[i : i + 1], boxes[rest])[0] <= iou_threshold]
+        suppressed |= ious[i] > iou_threshold
     return np.asarray(keep, np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Class-aware NMS: boxes of different classes never suppress each other."""
-    if len(boxes) == 0:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_keep: int | None = None
+) -> np.ndarray:
+    """Class-aware NMS: boxes of different classes never suppress each other; kept indices, best first."""
+    kept = [idx[nms(boxes[idx], scores[idx], iou_threshold, max_keep)] for idx in
+            (np.nonzero(classes == c)[0] for c in np.unique(classes))]
+    if not kept:
         return np.zeros(0, np.int64)
-    offset = (float(np.abs(boxes).max()) + 1.0) * classes.astype(np.float64)
-    return nms(boxes.astype(np.float64) + offset[:, None], scores, iou_threshold)
+    kept_all = np.concatenate(kept)
+    return kept_all[np.argsort(-scores[kept_all], kind="stable")][:max_keep]
 
 
-def fcos_locations(strides: list[int], input_size: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (L, 2) as (x, y) and the stride (L,) of every location of an `fcos` head, in output order."""
+def locations(strides: list[int], input_size: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (L, 2) as (x, y) and the stride (L,) of every location of a `center_size` head, in output order."""
     h, w = input_size
     centers, stride_of = [], []
     for s in strides:
@@ -103,20 +110,22 @@ def fcos_locations(strides: list[int], input_size: list[int]) -> tuple[np.ndarra
     return np.concatenate(centers), np.concatenate(stride_of)
 
 
-def fcos_boxes(raw_box: np.ndarray, centers: np.ndarray, strides: np.ndarray) -> np.ndarray:
-    """(..., L, 4) raw log-distances to (..., L, 4) xyxy boxes."""
-    d = np.exp(np.clip(raw_box.astype(np.float32), -MAX_LOG_DISTANCE, MAX_LOG_DISTANCE)) * strides[:, None]
-    return np.concatenate([centers - d[..., :2], centers + d[..., 2:]], -1)
+def center_size_boxes(raw_box: np.ndarray, centers: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """(..., L, 4) raw (dx, dy, log w, log h) to (..., L, 4) xyxy boxes."""
+    raw_box = raw_box.astype(np.float32)
+    c = centers + raw_box[..., :2] * strides[:, None]
+    half = np.exp(np.clip(raw_box[..., 2:], -MAX_LOG_SIZE, MAX_LOG_SIZE)) * strides[:, None] / 2
+    return np.concatenate([c - half, c + half], -1)
 
 
-def _check_fcos(raw: np.ndarray, head: dict) -> None:
+def _check(raw: np.ndarray, head: dict) -> None:
     n_loc = sum(math.ceil(head["input_size"][0] / s) * math.ceil(head["input_size"][1] / s) for s in head["strides"])
     want = (n_loc, 5 + int(head["num_classes"]))
     if raw.ndim != 3 or tuple(raw.shape[1:]) != want:
-        raise ValueError(f"an fcos head of {head} outputs (N, {want[0]}, {want[1]}), got {tuple(raw.shape)}")
+        raise ValueError(f"a center_size head of {head} outputs (N, {want[0]}, {want[1]}), got {tuple(raw.shape)}")
 
 
-def decode_fcos(
+def decode_center_size(
     raw: np.ndarray,
     head: dict,
     score_threshold: float = SCORE_THRESHOLD,
@@ -124,11 +133,11 @@ def decode_fcos(
     max_detections: int = MAX_DETECTIONS,
     pre_nms_top_k: int = PRE_NMS_TOP_K,
 ) -> list[Detections]:
-    """Detections of every image of an `fcos` head's raw output (N, L, 5 + C)."""
+    """Detections of every image of a `center_size` head's raw output (N, L, 5 + C)."""
     raw = np.asarray(raw, np.float32)
-    _check_fcos(raw, head)
+    _check(raw, head)
     h, w = head["input_size"]
-    centers, strides = fcos_locations(head["strides"], head["input_size"])
+    centers, strides = locations(head["strides"], head["input_size"])
     scores = np.sqrt(sigmoid(raw[..., 5:]) * sigmoid(raw[..., 4:5]))  # N, L, C
     out = []
     for i in range(len(raw)):
@@ -137,14 +146,14 @@ def decode_fcos(
         if len(sc) > pre_nms_top_k:
             top = np.argpartition(-sc, pre_nms_top_k - 1)[:pre_nms_top_k]
             loc, cls, sc = loc[top], cls[top], sc[top]
-        boxes = fcos_boxes(raw[i, loc, :4], centers[loc], strides[loc])
+        boxes = center_size_boxes(raw[i, loc, :4], centers[loc], strides[loc])
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-        keep = batched_nms(boxes, sc, cls, iou_threshold)[:max_detections]
+        keep = batched_nms(boxes, sc, cls, iou_threshold, max_detections)
         out.append(Detections(boxes[keep], sc[keep].astype(np.float32), cls[keep].astype(np.int64)))
     return out
 
 
-DECODERS = {"fcos": decode_fcos}
+DECODERS = {"center_size": decode_center_size}
 
 
 def decode(raw: np.ndarray, head: dict, **options) -> list[Detections]:

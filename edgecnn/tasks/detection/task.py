@@ -1,13 +1,13 @@
 """Detection: boxes and classes per image, a raw head tensor out, COCO mAP@[.5:.95] as the score.
 
 Data: `mnist-detect`, `coco:PATH`, `yolo:PATH` (tasks/detection/data.py), augmented by a flip and
-scale/translate jitter that moves boxes with pixels. Heads: `fcos` (edgecnn's zoo detectors,
-`det_small` / `det_tiny`), whose `head_spec()` the model reports. Losses: tasks/detection/losses.py.
+scale/translate jitter that moves boxes with pixels. Heads: `center_size` (edgecnn's zoo
+detectors, `det_small` / `det_tiny`), whose `head_spec()` the model reports. Losses: tasks/detection/losses.py.
 Decoding: tasks/detection/decode.py (numpy only, shared with the device agent). Metrics: COCO
 mAP, mAP50, mAP75 by pycocotools. Parity: the export's and PyTorch's confident detections
 (score >= 0.3) matched one to one by class and IoU >= 0.5 (`agreement` = matched / the larger
 count), their mean IoU, and the mAP of each on the split's targets. Kept whole by default: the
-prediction convs (4 box + 1 centerness + C class channels).
+prediction convs (4 box + 1 quality + C class channels).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from edgecnn.data.datasets import Dataset, Split, batches
 from edgecnn.tasks.base import Task
 from edgecnn.tasks.detection import decode as dd
 from edgecnn.tasks.detection.data import PAD_VALUE, augment_detection, load_detection_data
-from edgecnn.tasks.detection.losses import fcos_distill_loss, fcos_loss
+from edgecnn.tasks.detection.losses import detection_loss, distillation_loss
 from edgecnn.tasks.detection.metrics import coco_map
 
 PARITY_SCORE = 0.3  # detections at least this confident are compared between an export and PyTorch
@@ -94,12 +94,12 @@ class DetectionTask(Task):
         return head
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, head: dict) -> torch.Tensor:
-        return fcos_loss(outputs, targets, head)
+        return detection_loss(outputs, targets, head)
 
     def distill_loss(
         self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, head: dict, kd: DistillConfig
     ) -> torch.Tensor:
-        return fcos_distill_loss(student, teacher, targets, head, kd.temperature, kd.alpha)
+        return distillation_loss(student, teacher, targets, head, kd.temperature, kd.alpha)
 
     def decode(self, raw: np.ndarray, head: dict) -> list[dd.Detections]:
         return dd.decode(raw, head)
