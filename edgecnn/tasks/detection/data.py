@@ -219,14 +219,16 @@ def _all_gray(records: list[Record]) -> bool:
     return True
 
 
-def _check_box(box: np.ndarray, width: float, height: float, where: str) -> np.ndarray:
+def _check_box(box: np.ndarray, width: float, height: float, where: str, shown: str) -> np.ndarray:
+    """`box` (x1, y1, x2, y2 pixels) clipped to the image; UserError naming `shown` if empty or beyond it."""
     x1, y1, x2, y2 = box.tolist()
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        raise UserError(f"{where}: box {_fmt(box)} is empty or not finite; fix or remove it")
+        raise UserError(f"{where}: {shown} is empty or not finite; fix or remove it")
     t = BOX_TOLERANCE
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
         raise UserError(
-            f"{where}: box {_fmt(box)} (x1, y1, x2, y2) lies outside the {width:g}x{height:g} image; fix or remove it"
+            f"{where}: {shown} spans x {x1:.4g}..{x2:.4g}, y {y1:.4g}..{y2:.4g}, outside the {width:g}x{height:g} "
+            "image; fix or remove it"
         )
     return np.clip(box, 0, [width, height, width, height]).astype(np.float32)
 
@@ -328,7 +330,8 @@ def _coco_records(path: Path, root: Path, folder: Path, obj: dict, cat_ids: list
             raise UserError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}; fix it")
         x, y, w, h = (float(v) for v in bbox)
         im = images[a["image_id"]]
-        box = _check_box(np.array([x, y, x + w, y + h]), *sizes[a["image_id"]], f"{where} ({im['file_name']})")
+        where = f"{where} ({im['file_name']})"
+        box = _check_box(np.array([x, y, x + w, y + h]), *sizes[a["image_id"]], where, f"bbox {_fmt(bbox)}")
         per_image[a["image_id"]].append((box, index[a["category_id"]]))
     return [
         Record(
@@ -447,7 +450,7 @@ def _yolo_labels(path: Path, width: int, height: int, nc: int) -> tuple[np.ndarr
         tol = 1e-3
         if (norm < -tol).any() or (norm > 1 + tol).any():
             raise UserError(f"{where}: coordinates outside 0..1; YOLO labels are normalised to the image size")
-        box = _check_box(norm * [width, height, width, height], width, height, where)
+        box = _check_box(norm * [width, height, width, height], width, height, where, "the box")
         boxes.append(box)
         classes.append(int(c))
     return np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64)
