@@ -19,15 +19,6 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Training here is a few seconds of small convs: one intra-op thread avoids spinning on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def data():
     return load_detection_data("mnist-detect", SIZE, mnist_counts={"train": 400, "val": 50, "test": 150})
 
