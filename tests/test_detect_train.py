@@ -92,6 +92,21 @@ def test_onnx_export_decodes_to_pytorchs_detections(trained, data, tmp_path):
         assert a.classes[:keep].tolist() == b.classes[:keep].tolist()
 
 
+def test_tflite_export_decodes_to_pytorchs_detections(trained, data, tmp_path):
+    from edgecnn.compress.export import export_tflite
+    from edgecnn.runtime.agent import normalize, open_runtime
+
+    task, model, head, _ = trained
+    path = tmp_path / "det_small.tflite"
+    export_tflite(model, data.input_shape, path)
+    rt = open_runtime(str(path), threads=1)
+    test = data.test.head(40)
+    mean, std = np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    raw_tflite = np.concatenate([rt.run(normalize(x[None], mean, std)) for x in test.x.numpy()])  # batch 1
+    check = task.parity(raw_tflite, raw_outputs(model, data, test), test.y, head)
+    assert check["agreement"] >= 0.99 and abs(check["map_delta"]) < 0.005 and check["max_abs_diff"] < 1e-3, check
+
+
 def test_distillation_pulls_det_tiny_toward_the_teacher(trained, data):
     task, teacher, head, _ = trained
     torch.manual_seed(1)
