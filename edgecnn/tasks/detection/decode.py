@@ -15,6 +15,13 @@ from the location in strides (dx, dy), the box's log width and height in strides
 (w = exp(v) * s), a quality logit, and C class logits; a class's score is
 sqrt(sigmoid(class) * sigmoid(quality)).
 
+`ssd` (torchvision's SSD and SSDlite, `edgecnn/models/torchvision_detect.py`): one tensor
+(N, A, 4 + 1 + C) over A default boxes listed in the spec (`anchors`, xyxy pixels): box codes
+(dx, dy, dw, dh) scaled by `box_weights` as torchvision's BoxCoder, a background logit and C class
+logits; scores are the softmax without the background. Decoding follows torchvision's
+`SSD.postprocess_detections`: per class, scores above the threshold, the top `pre_nms_top_k`,
+then class-aware NMS over all of them; the spec's thresholds are the defaults.
+
 Boxes are (x1, y1, x2, y2) in pixels of the model input (continuous coordinates: the image spans
 0..W and 0..H).
 """
@@ -153,7 +160,58 @@ def decode_center_size(
     return out
 
 
-DECODERS = {"center_size": decode_center_size}
+def ssd_boxes(codes: np.ndarray, anchors: np.ndarray, weights: list[float], clip: float) -> np.ndarray:
+    """torchvision BoxCoder.decode_single in numpy: (A, 4) codes against (A, 4) xyxy default boxes."""
+    codes = codes.astype(np.float32)
+    w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    cx, cy = anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h
+    wx, wy, ww, wh = weights
+    pcx, pcy = codes[:, 0] / wx * w + cx, codes[:, 1] / wy * h + cy
+    pw = np.exp(np.minimum(codes[:, 2] / ww, clip)) * w
+    ph = np.exp(np.minimum(codes[:, 3] / wh, clip)) * h
+    return np.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], 1)
+
+
+def decode_ssd(
+    raw: np.ndarray,
+    head: dict,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    max_detections: int | None = None,
+    pre_nms_top_k: int | None = None,
+) -> list[Detections]:
+    """Detections of every image of an `ssd` head's raw output (N, A, 4 + 1 + C), as torchvision decodes them."""
+    raw = np.asarray(raw, np.float32)
+    anchors = np.asarray(head["anchors"], np.float32)
+    c = int(head["num_classes"])
+    if raw.ndim != 3 or tuple(raw.shape[1:]) != (len(anchors), 5 + c):
+        raise ValueError(f"an ssd head of {c} classes outputs (N, {len(anchors)}, {5 + c}), got {tuple(raw.shape)}")
+    thr = head.get("score_threshold", SCORE_THRESHOLD) if score_threshold is None else score_threshold
+    iou = head.get("iou_threshold", IOU_THRESHOLD) if iou_threshold is None else iou_threshold
+    top_k = head.get("pre_nms_top_k", PRE_NMS_TOP_K) if pre_nms_top_k is None else pre_nms_top_k
+    keep_n = head.get("max_detections", MAX_DETECTIONS) if max_detections is None else max_detections
+    h, w = head["input_size"]
+    logits = raw[..., 4:]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = []
+    for i in range(len(raw)):
+        boxes = np.clip(ssd_boxes(raw[i, :, :4], anchors, head["box_weights"], head["box_clip"]), 0, [w, h, w, h])
+        sel_box, sel_score, sel_cls = [], [], []
+        for k in range(c):
+            score = probs[i, :, k + 1]
+            idx = np.nonzero(score > thr)[0]
+            idx = idx[np.argsort(-score[idx], kind="stable")[:top_k]]
+            sel_box.append(boxes[idx])
+            sel_score.append(score[idx])
+            sel_cls.append(np.full(len(idx), k, np.int64))
+        b, s, k_ = np.concatenate(sel_box), np.concatenate(sel_score), np.concatenate(sel_cls)
+        keep = batched_nms(b, s, k_, iou, keep_n)
+        out.append(Detections(b[keep].astype(np.float32), s[keep].astype(np.float32), k_[keep]))
+    return out
+
+
+DECODERS = {"center_size": decode_center_size, "ssd": decode_ssd}
 
 
 def decode(raw: np.ndarray, head: dict, **options) -> list[Detections]:

@@ -2,12 +2,13 @@
 
 Data: `mnist-detect`, `coco:PATH`, `yolo:PATH` (tasks/detection/data.py), augmented by a flip and
 scale/translate jitter that moves boxes with pixels. Heads: `center_size` (edgecnn's zoo
-detectors, `det_small` / `det_tiny`), whose `head_spec()` the model reports. Losses: tasks/detection/losses.py.
+detectors, `det_small` / `det_tiny`) and `ssd` (torchvision's SSD / SSDlite through
+models/torchvision_detect.py), whose `head_spec()` the model reports. Losses: tasks/detection/losses.py.
 Decoding: tasks/detection/decode.py (numpy only, shared with the device agent). Metrics: COCO
 mAP, mAP50, mAP75 by pycocotools. Parity: the export's and PyTorch's confident detections
 (score >= 0.3) matched one to one by class and IoU >= 0.5 (`agreement` = matched / the larger
 count), their mean IoU, and the mAP of each on the split's targets. Kept whole by default: the
-prediction convs (4 box + 1 quality + C class channels).
+prediction convs (4 box + 1 quality + C class channels), or all of a torchvision SSD's head.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class DetectionTask(Task):
         if not callable(spec):
             raise UserError(
                 f"{type(model).__name__}: not a detector edgecnn can decode (no head_spec()); "
-                "use a zoo detector (det_small, det_tiny)"
+                "use a zoo detector (det_small, det_tiny) or a torchvision SSD"
             )
         head = dict(spec())
         want = list(data.input_shape[1:])
@@ -128,5 +129,7 @@ class DetectionTask(Task):
         }
 
     def kept_layers(self, model: nn.Module, head: dict) -> list[str]:
-        c = 5 + head["num_classes"]
-        return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == c]
+        convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        if head["kind"] == "ssd":  # torchvision's SSD head: its per-level box and class convs
+            return [name for name, _ in convs if name.startswith("head.")]
+        return [name for name, m in convs if m.out_channels == 5 + head["num_classes"]]
