@@ -104,7 +104,7 @@ def test_decode_refuses_a_tensor_that_is_not_the_head():
     with pytest.raises(ValueError, match="outputs"):
         dd.decode(np.zeros((1, 19, 8), np.float32), HEAD)
     with pytest.raises(ValueError, match="unknown detection head kind"):
-        dd.decode(_raw(), {**HEAD, "kind": "ssd"})
+        dd.decode(_raw(), {**HEAD, "kind": "keypoint_heatmap"})
 
 
 def test_detections_round_trip_through_flat_arrays():
