@@ -406,13 +406,13 @@ def _yolo_folder(root: Path, cfg: dict, split: str) -> Path | None:
     return default.resolve() if default.is_dir() else None
 
 
-def _label_path(image: Path, folder: Path) -> Path:
-    parts = list(folder.parts)
+def _labels_folder(images: Path) -> Path:
+    """Ultralytics' rule: the labels of an image folder sit where its last `images` becomes `labels`."""
+    parts = list(images.parts)
     if "images" not in parts:
-        raise UserError(f"{folder}: a YOLO image folder must have 'images' in its path (labels sit in 'labels')")
+        raise UserError(f"{images}: a YOLO image folder must have 'images' in its path (labels sit in 'labels')")
     at = len(parts) - 1 - parts[::-1].index("images")
-    labels = Path(*parts[:at], "labels", *parts[at + 1 :])
-    return (labels / image.relative_to(folder)).with_suffix(".txt")
+    return Path(*parts[:at], "labels", *parts[at + 1 :])
 
 
 def _yolo_labels(path: Path, width: int, height: int, nc: int) -> tuple[np.ndarray, np.ndarray]:
@@ -475,13 +475,13 @@ def read_yolo(root: Path) -> tuple[dict[str, list[Record]], list[str]]:
         images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
             raise UserError(f"{folder}: no images; put the {split} images there or remove the folder")
+        label_root = _labels_folder(folder)
         records = []
         for p in images:
-            label = _label_path(p, folder)
+            label = (label_root / p.relative_to(folder)).with_suffix(".txt")
             boxes, classes = _yolo_labels(label, *_image_size(p, str(label)), len(names))
             records.append(Record(p, boxes, classes))
         stems = {p.relative_to(folder).with_suffix("") for p in images}
-        label_root = _label_path(folder / "x.txt", folder).parent
         if label_root.is_dir():
             for lab in sorted(label_root.rglob("*.txt")):
                 if lab.relative_to(label_root).with_suffix("") not in stems:
