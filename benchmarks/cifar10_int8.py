@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecnn.compress.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
-from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.quantize import quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, fit, predict
 from edgecnn.config.recipe import TrainConfig
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data
@@ -65,7 +66,7 @@ def measure_model(
     name: str, model, origin: str, data, npz: Path, small_npz: Path, work: Path, seconds: float
 ) -> dict:
     """Export, quantize and measure one model (five files): test accuracy once, p50 at all threads and one."""
-    shape, calib = data.input_shape, data.normalize(data.train.x[:256])
+    shape, calib = data.input_shape, data.normalize(data.calibration(256).x)
     files = {
         ("onnxruntime", "fp32"): work / f"{name}.onnx",
         ("onnxruntime", "int8"): work / f"{name}.int8.onnx",

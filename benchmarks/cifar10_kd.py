@@ -7,7 +7,7 @@ writes benchmarks/cifar10_kd.json. In one run, on the same data split:
    evaluated on the 10,000 CIFAR-10 test images;
 2. the same ResNet-20 student (same seed, epochs, batch, schedule) is trained on labels only,
    then with Hinton distillation from the teacher, and both are evaluated on the test images;
-3. training throughput (images/s) of edgecnn's loop (`edgecnn.compress.train.fit`: bf16 autocast where the
+3. training throughput (images/s) of edgecnn's loop (`edgecnn.compression.train.fit`: bf16 autocast where the
    CPU has it, channels-last) against a plain fp32 eager PyTorch loop on the same model, batch
    size and uint8 batches, alternated twice; and the data path alone: batched uint8 augmentation
    against torchvision's per-image PIL transforms.
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.compression.train import accuracy, fit, predict
 from edgecnn.config.recipe import DistillConfig, TrainConfig
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import Dataset, Split, batches, load_data

@@ -7,7 +7,7 @@
 2. edgecnn's prune stage code (`find_ratio` + `ChannelPruner`, magnitude importance, uniform
    per-layer ratio, channel counts rounded to multiples of --round-to) prunes a copy to 2x fewer
    MACs, fine-tunes it for --epochs epochs with Hinton distillation from the unpruned model (on
-   --train-images random training images per epoch, 0 = all 45,000) (edgecnn.compress.train.fit, bf16
+   --train-images random training images per epoch, 0 = all 45,000) (edgecnn.compression.train.fit, bf16
    where the CPU has it), saves it as an edgecnn model file, reloads that file and checks the
    logits are identical;
 3. both models are exported to ONNX (dynamo, simplified) and TFLite (litert-torch) and traced to
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.compress.export import export_onnx, export_tflite
-from edgecnn.compress.train import accuracy, fit, predict
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.train import accuracy, fit, predict
 from edgecnn.config.recipe import DistillConfig, PruneConfig
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import Split, load_data

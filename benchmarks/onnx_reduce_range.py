@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecnn.compress.export import export_onnx, quantize_onnx, x86_without_vnni
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.quantize import quantize_onnx, x86_without_vnni
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data
 
@@ -61,7 +62,7 @@ def main() -> None:
     data.mean, data.std = meta["mean"], meta["std"]
     test = data.test.head(3000)
     x, y = data.normalize(test.x).numpy(), test.y.numpy()
-    calib = data.normalize(data.train.head(512).x).numpy()
+    calib = data.normalize(data.calibration(512).x).numpy()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"

@@ -32,15 +32,16 @@ from pathlib import Path
 import torch
 
 from edgecnn.analysis.report import markdown_table
-from edgecnn.compress.export import export_onnx, export_tflite, quantize_onnx, quantize_tflite
-from edgecnn.compress.openvino_ir import (
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.openvino_ir import (
     cpu_capabilities,
     export_openvino,
     float_precisions,
     quantize_openvino,
     reprecision,
 )
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.quantize import quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model, load_weights
@@ -111,7 +112,7 @@ def models() -> list[tuple[str, torch.nn.Module, str, bool]]:
 def make_files(name: str, model, data, calib_n: int, work: Path, notes: list[str]) -> dict[tuple[str, str], Path]:
     """Every deployable file of one model, keyed by (runtime, precision)."""
     shape = data.input_shape
-    calib = data.normalize(data.train.per_class(calib_n).x)
+    calib = data.normalize(data.calibration(calib_n).x)
     f = {("onnxruntime", "fp32"): work / f"{name}.onnx", ("onnxruntime", "int8"): work / f"{name}.int8.onnx",
          ("litert", "fp32"): work / f"{name}.tflite", ("litert", "int8"): work / f"{name}.int8.tflite",
          ("openvino", "fp32"): work / f"{name}.xml", ("openvino", "int8"): work / f"{name}.int8.xml"}

@@ -1,21 +1,20 @@
-"""The `edgecnn` command line: one click group, a subcommand per job.
+"""The `edgecnn` command line: one click group, a subcommand per job, each a thin layer over edgecnn.api.
 
-Bad input ends with exit code 2 and one `error: ...` line on stderr (a traceback only with
---debug); nothing already written in a run directory is lost.
+Options are parsed here, the api does the job, and its result is printed here. Bad input ends with
+exit code 2 and one `error: ...` line on stderr (a traceback only with --debug); nothing already
+written in a run directory is lost.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from edgecnn.core.console import native_output_to_log, route_python_noise
+from edgecnn import api
+from edgecnn.core.console import native_output_to_log_for_good, route_python_noise, terminal
 from edgecnn.core.errors import UserError
 
 EXAMPLES = {
@@ -37,17 +36,13 @@ def _example(name: str) -> str:
 
 
 class Group(click.Group):
-    """Turns UserError (and exhausted disk or memory) into `error: ...` with exit code 2."""
+    """Turns UserError (the API's one exception type) and bad options into `error: ...` with exit code 2."""
 
     def invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv
-        if debug:
-            return self._invoke(ctx, debug)
-        route_python_noise()  # native libraries' and Python libraries' log lines go to the native log
-        with native_output_to_log():
-            return self._invoke(ctx, debug)
-
-    def _invoke(self, ctx: click.Context, debug: bool):
+        if not debug:  # native libraries' and Python libraries' log lines go to the native log
+            route_python_noise()
+            native_output_to_log_for_good()
         try:
             return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
@@ -63,30 +58,6 @@ class Group(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
-        except MemoryError:
-            if debug:
-                raise
-            click.echo(
-                "error: out of memory; lower data.calib_samples or train batch_size, or free memory "
-                "(finished stages are kept; rerun with --resume)",
-                err=True,
-            )
-            sys.exit(2)
-        except OSError as e:
-            if debug:
-                raise
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                click.echo(
-                    f"error: {e.filename or 'disk'}: {e.strerror}; free space or choose another --out "
-                    "(finished stages are kept; rerun with --resume)",
-                    err=True,
-                )
-                sys.exit(2)
-            if e.filename is None or e.errno is None:
-                raise
-            # a path the user gave that cannot be used (not a folder, read-only, no permission, too long)
-            click.echo(f"error: {e.filename}: {e.strerror}; check the path or choose another --out", err=True)
-            sys.exit(2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,19 +72,33 @@ def main(debug: bool) -> None:
     """
 
 
-def _print_table(models: list[dict]) -> None:
+def _print_rich(title: str, header: list[str], rows: list[list[str]], width: int, styles: list | None = None) -> None:
+    """A rich table on stdout (`width` columns wide when stdout is not a terminal)."""
     from rich.console import Console
     from rich.table import Table
 
+    table = Table(*header, title=title)
+    for row, style in zip(rows, styles or [None] * len(rows), strict=True):
+        table.add_row(*row, style=style)
+    console = Console(file=terminal())
+    if not console.is_terminal:
+        console = Console(file=terminal(), width=width)
+    console.print(table)
+
+
+def _print_table(models: list[dict]) -> None:
     from edgecnn.analysis.report import HEADER, model_rows
 
-    table = Table(*HEADER, title="edgecnn models")
-    for row in model_rows(models):
-        table.add_row(*row)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    console.print(table)
+    _print_rich("edgecnn models", HEADER, model_rows(models), 160)
+
+
+def _print_compare(result: dict) -> None:
+    from edgecnn.analysis.compare import COLUMNS, table_rows
+
+    styles = ["bold green" if r.get("best") else None for r in result["rows"]]
+    _print_rich("edgecnn compare", COLUMNS, table_rows(result["rows"]), 200, styles)
+    if result.get("budget"):
+        click.echo(("" if result["budget"]["met"] else "no model meets the budget: ") + result["budget"]["message"])
 
 
 @main.command(epilog=_example("compress"))
@@ -133,39 +118,17 @@ def compress(recipe: Path, out: Path | None, overrides: tuple[str, ...], resume:
     A recipe with a `sweep:` section runs each variant into DIR/variants/<name>/ (stages the variants
     share run once), then writes DIR/compare.md/.html/.json over them.
     """
-    from edgecnn.config.recipe import load_recipe
-    from edgecnn.pipeline.context import Context
-    from edgecnn.pipeline.runner import open_run, run_stages
-    from edgecnn.pipeline.stages import STAGES
-    from edgecnn.pipeline.sweep import run_sweep, write_run_report
-
-    if resume and force:
-        raise UserError("--resume and --force: give one; --resume reuses finished stages, --force redoes them all")
-    rec = load_recipe(recipe, list(overrides))
-    run_dir = out or Path("runs") / rec.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: --out is a file; give a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or force):
-        raise UserError(
-            f"{run_dir}: run directory exists; add --resume to continue it, --force to redo it, or choose another --out"
-        )
-    if rec.sweep is not None:
-        summary = run_sweep(rec, recipe.resolve().parent, run_dir, force=force, workers=workers,
-                            ray_address=ray_address)
-        _print_compare(summary["compare"])
-        click.echo(f"sweep: {run_dir / 'sweep.json'}, comparison: {run_dir / 'compare.html'}")
+    run = api.compress(recipe, out, list(overrides), resume=resume, force=force, workers=workers,
+                       ray_address=ray_address)
+    if run.sweep:
+        _print_compare(run.report["compare"])
+        click.echo(f"sweep: {run.run_dir / 'sweep.json'}, comparison: {run.run_dir / 'compare.html'}")
         return
-    if workers or ray_address:
-        raise UserError("--workers/--ray: only for recipes with a sweep section")
-    ctx = Context(rec, run_dir)
-    with open_run(ctx):  # inputs checked first; then locked, and a full disk is one `error:` line
-        status = run_stages(STAGES, ctx, resume=resume)
-        report = write_run_report(ctx, status)
-    _print_table(report["models"])
-    click.echo(f"report: {run_dir / 'report.md'}")
+    _print_table(run.models)
+    click.echo(f"report: {run.run_dir / 'report.md'}")
 
 
-# ---- single-stage commands -------------------------------------------------------------------------
+# ---- single-stage commands: the api runs the same stages as compress --------------------------------
 
 
 def data_option(f):
@@ -181,37 +144,6 @@ def data_option(f):
     return f
 
 
-def _floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"--{name} {text!r}: expected comma-separated numbers, e.g. 0.5,0.5,0.5") from None
-
-
-def _load_data(spec: str, mean: str | None, std: str | None, info=None):
-    from edgecnn.data.datasets import load_data
-
-    m = _floats(mean, "mean") or (info.mean if info and info.mean else None)
-    s = _floats(std, "std") or (info.std if info and info.std else None)
-    return load_data(spec, 0.1, m, s)
-
-
-def _train_cfg(epochs: int, lr: float | None, batch_size: int, cls=None, **extra):
-    from pydantic import ValidationError
-
-    from edgecnn.config.recipe import TrainConfig
-
-    cls = cls or TrainConfig
-    values = {"epochs": epochs, "batch_size": batch_size, **({"lr": lr} if lr else {}), **extra}
-    try:
-        return cls(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-
-
 def train_options(f):
     f = click.option("--epochs", type=int, default=5, show_default=True)(f)
     f = click.option("--lr", type=float, help="Peak learning rate of the one-cycle schedule.")(f)
@@ -220,64 +152,14 @@ def train_options(f):
     return f
 
 
-def _load_any(path: Path):
-    """An edgecnn model file (ModelInfo) or a TorchScript file (no info)."""
-    from edgecnn.models.files import FORMAT_TAG, is_torchscript, load_model_file, load_torchscript
-
-    if not path.is_file():
-        raise UserError(f"{path}: model file not found")
-    if is_torchscript(path):
-        return load_torchscript(path).eval(), None
-    model, info = load_model_file(path)
-    return model, info
-    del FORMAT_TAG
-
-
-def _augment(data) -> bool:
-    c, h, w = data.input_shape
-    return c == 3 and h == w == 32
-
-
-def _kwargs(text: str | None, name: str) -> dict:
-    """A YAML/JSON mapping given on the command line (constructor arguments)."""
-    import yaml
-
-    if not text:
-        return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict):
-        raise UserError(f"--{name} {text!r}: expected a mapping, e.g. '{{depth: 56, width: 16}}'")
-    return value
-
-
-def _finish(model, info, data, out: Path, res) -> None:
-    """Save and report on rank 0 only; under torchrun every rank says how much it trained."""
-    from edgecnn.compress.train import accuracy, finish_distributed, predict, rank_and_world
-    from edgecnn.models.files import save_model
-
-    rank, world = rank_and_world()
-    if world > 1:
-        click.echo(f"rank {rank}/{world}: trained on {res.history[-1]['images']} images per epoch", err=True)
-    if rank == 0:
-        save_model(model, info, out)
-        click.echo(f"{out}: test accuracy {accuracy(predict(model, data, data.test), data.test.y):.4f}")
-    finish_distributed()
-
-
-def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: Path) -> Path:
-    """A user's file.py:Class / torchvision:NAME + state_dict, saved as an edgecnn model file in `folder`."""
-    from edgecnn.models.files import save_model
-    from edgecnn.models.user import load_user_model
-
-    if weights is None:
-        raise UserError(f"{spec}: an architecture needs its trained weights; add --weights STATE_DICT.pt")
-    data = _load_data(data_spec, mean, std)
-    model, info = load_user_model(spec, _kwargs(kwargs_text, "kwargs"), str(weights), data, "model")
-    save_model(model, info, folder / "model.pt")
-    return folder / "model.pt"
+def _print_trained(record: dict, history: list[dict]) -> None:
+    """Under torchrun every rank says how much it trained; rank 0 wrote the file and reports its accuracy."""
+    dist = record.get("distributed")
+    if dist and history:
+        click.echo(f"rank {dist['rank']}/{dist['world']}: trained on {history[-1]['images']} images per epoch",
+                   err=True)
+    if not dist or dist["rank"] == 0:
+        click.echo(f"{record['path']}: test accuracy {record['accuracy']:.4f}")
 
 
 @main.command(epilog=_example("train"))
@@ -290,17 +172,9 @@ def _user_model_file(spec, kwargs_text, weights, data_spec, mean, std, folder: P
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write.")
 def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed, out):
     """Train a model on labels alone and save it as an edgecnn model file (multi-process under torchrun)."""
-    from edgecnn.compress.train import fit, init_distributed
-    from edgecnn.models.files import build_model
-    from edgecnn.models.user import data_model_info
-
-    cfg = _train_cfg(epochs, lr, batch_size)
-    data = _load_data(data_spec, mean, std)
-    info = data_model_info(data, spec, _kwargs(kwargs_text, "kwargs"))
-    model = build_model(info)
-    init_distributed()
-    res = fit(model, data, cfg, seed=seed, augment=_augment(data), label="train")
-    _finish(model, info, data, out, res)
+    r = api.train(spec, out, data_spec, kwargs=kwargs_text, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                  mean=mean, std=std)
+    _print_trained(r, (r["trained"] or {}).get("history", []))
 
 
 @main.command(epilog=_example("distill"))
@@ -326,28 +200,12 @@ def distill(
     feature_weight, data_spec, mean, std, epochs, lr, batch_size, seed, out,
 ):
     """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
-    from edgecnn.compress.train import fit, init_distributed
-    from edgecnn.config.recipe import DistillConfig
-    from edgecnn.models.files import build_model
-    from edgecnn.models.user import data_model_info, is_model_file, load_user_model
-
-    t_info = None
-    if is_model_file(teacher_spec) and Path(teacher_spec).is_file():
-        t_model, t_info = load_user_model(teacher_spec, {}, teacher_weights and str(teacher_weights), None)
-    data = _load_data(data_spec, mean, std, t_info)
-    if t_info is None:
-        t_model, _ = load_user_model(
-            teacher_spec, _kwargs(teacher_kwargs, "teacher-kwargs"), teacher_weights and str(teacher_weights), data
-        )
-    kd = _train_cfg(
-        epochs, lr, batch_size, DistillConfig, temperature=temperature, alpha=alpha, feature_loss=feature_loss,
-        feature_weight=feature_weight,
+    r = api.distill(
+        teacher_spec, out, data_spec, student=spec, teacher_kwargs=teacher_kwargs, teacher_weights=teacher_weights,
+        student_kwargs=student_kwargs, temperature=temperature, alpha=alpha, feature_loss=feature_loss,
+        feature_weight=feature_weight, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, mean=mean, std=std,
     )
-    info = data_model_info(data, spec, _kwargs(student_kwargs, "student-kwargs"))
-    student = build_model(info)
-    init_distributed()
-    res = fit(student, data, kd, seed=seed, augment=_augment(data), teacher=t_model, kd=kd, label="distill")
-    _finish(student, info, data, out, res)
+    _print_trained(r, r["fit"]["history"])
 
 
 @main.command(epilog=_example("prune"))
@@ -371,67 +229,36 @@ def prune(
     steps, round_to, keep, data_spec, mean, std, epochs, lr, batch_size, seed, out
 ):
     """Remove channels (Torch-Pruning), fine-tune distilling from the unpruned model, save reloadably."""
-    from pydantic import ValidationError
-
-    from edgecnn.config.recipe import Recipe
-    from edgecnn.models.files import load_model_file
-    from edgecnn.pipeline.context import Context
-    from edgecnn.pipeline.runner import run_stages
-    from edgecnn.pipeline.stages import PruneStage
-
-    model, info = load_model_file(model_path)
-    try:
-        rec = Recipe(
-            name="prune",
-            seed=seed,
-            data={
-                "spec": data_spec,
-                "mean": _floats(mean, "mean") or info.mean,
-                "std": _floats(std, "std") or info.std,
-            },
-            prune={
-                "ratio": ratio,
-                "macs_reduction": macs_reduction,
-                "params_budget": params_budget,
-                "latency_budget_ms": latency_budget_ms,
-                "latency_device": latency_device,
-                "importance": importance,
-                "global_pruning": global_pruning,
-                "iterative_steps": steps,
-                "round_to": round_to,
-                "ignored_layers": list(keep),
-                "epochs": epochs,
-                "batch_size": batch_size,
-                **({"lr": lr} if lr else {}),
-            },
-            distill=None,
-            student=None,
-        )
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher_dir = Path(tmp) / "teacher"
-        teacher_dir.mkdir()
-        shutil.copy(model_path, teacher_dir / "model.pt")
-        ctx = Context(rec, Path(tmp))
-        ctx.results["teacher"] = {"model_file": "model.pt", "_hash": "input"}
-        run_stages([PruneStage()], ctx, resume=False)
-        r = ctx.results["prune"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(tmp) / "prune" / "model.pt", out)
+    r = api.prune(
+        model_path, out, data_spec, ratio=ratio, macs_reduction=macs_reduction, params_budget=params_budget,
+        latency_budget_ms=latency_budget_ms, latency_device=latency_device, importance=importance,
+        global_pruning=global_pruning, steps=steps, round_to=round_to, keep=keep, epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, mean=mean, std=std,
+    )
+    lat = r["latency"]
     click.echo(
         f"{out}: MACs {r['macs_before']:,} -> {r['macs_after']:,} ({r['macs_reduction']:.2f}x), "
-        f"params {r['params_before']:,} -> {r['params_after']:,}, torch p50 {r['latency']['p50_ms_before']:.3f} -> "
-        f"{r['latency']['p50_ms_after']:.3f} ms ({r['latency']['speedup']:.2f}x), test accuracy {r['accuracy']:.4f}"
+        f"params {r['params_before']:,} -> {r['params_after']:,}, torch p50 {lat['p50_ms_before']:.3f} -> "
+        f"{lat['p50_ms_after']:.3f} ms ({lat['speedup']:.2f}x), test accuracy {r['accuracy']:.4f}"
     )
 
 
-def _export_common(model_path: Path, data_spec, mean, std):
-    model, info = _load_any(model_path)
-    if info is None:
-        raise UserError(f"{model_path}: give an edgecnn model file (written by train/distill/prune/compress)")
-    return model, info, _load_data(data_spec, mean, std, info)
+def export_gate_options(f):
+    f = click.option("--min-agreement", type=float, default=0.995, show_default=True,
+                     help="Parity gate: least top-1 agreement of each fp32 file with PyTorch.")(f)
+    f = click.option("--on-fail", type=click.Choice(["error", "warn"]), default="error", show_default=True,
+                     help="A failed gate ends the command, or only warns.")(f)
+    return f
+
+
+def _print_export(record: dict) -> None:
+    for f in record["files"].values():
+        p, gate = f["parity"], f["gate"]
+        click.echo(
+            f"{f['path']}: accuracy {f['accuracy']:.4f}, top-1 agreement with PyTorch {p['top1_agreement']:.4f}, "
+            f"max |diff| {p['max_abs_diff']:.2e}; parity gate (>= {gate['min_agreement']:g}): "
+            + ("passed" if gate["passed"] else "FAILED, kept (--on-fail warn)")
+        )
 
 
 @main.command(epilog=_example("export"))
@@ -439,35 +266,25 @@ def _export_common(model_path: Path, data_spec, mean, std):
 @click.option("--format", "formats", default="onnx,tflite", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run the onnxscript optimizer.")
+@export_gate_options
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
-def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
-    """Export an edgecnn model file to ONNX and/or TFLite fp32, checking parity on the test split."""
-    from edgecnn.compress.export import export_onnx, export_tflite
-    from edgecnn.compress.train import predict
-    from edgecnn.runtime.host import parity, runtime_logits
+def export(model_path, formats, opset, simplify, min_agreement, on_fail, data_spec, mean, std, out):
+    """Export an edgecnn model file to ONNX and/or TFLite fp32, gated on parity with PyTorch on the test split.
 
-    model, info, data = _export_common(model_path, data_spec, mean, std)
-    ref = predict(model, data, data.test).numpy()
-    for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
-        if fmt not in ("onnx", "tflite"):
-            raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
-        path = out / f"model.{fmt}"
-        export_onnx(model, info.input_shape, path, opset, simplify) if fmt == "onnx" else export_tflite(
-            model, info.input_shape, path
-        )
-        acc, logits = runtime_logits(path, data, data.test)
-        p = parity(logits, ref, str(model_path))
-        click.echo(
-            f"{path}: accuracy {acc:.4f}, top-1 agreement with PyTorch {p['top1_agreement']:.4f}, "
-            f"max |diff| {p['max_abs_diff']:.2e}"
-        )
+    Writes the files and export.json (the export stage's record, as in a compress run) into --out.
+    """
+    r = api.export(model_path, out, data_spec, formats=formats, opset=opset, simplify=simplify,
+                   min_agreement=min_agreement, on_fail=on_fail, mean=mean, std=std)
+    _print_export(r)
 
 
 @main.command(epilog=_example("quantize"))
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--format", "formats", default="onnx,tflite", show_default=True)
 @click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--select", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True,
+              help="auto: measure several ONNX configs and keep the fastest within the budget; fixed: the given one.")
 @click.option("--onnx-format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--activation", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
               help="ONNX activation type.")
@@ -475,34 +292,48 @@ def export(model_path, formats, opset, simplify, data_spec, mean, std, out):
               show_default=True, help="ONNX calibration method.")
 @click.option("--tflite-io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
               help="Type of the TFLite input and output tensors.")
+@click.option("--accuracy-budget", type=float, default=0.01, show_default=True,
+              help="Accuracy gate: most top-1 int8 may lose against fp32 PyTorch, 0..1.")
+@click.option("--qat", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
+              help="Quantization-aware training: if no post-training candidate meets the budget (auto), always, never.")
+@export_gate_options
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads when timing the candidates.")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timing per candidate (at most 0.5 s).")
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the int8 files.")
-def quantize(model_path, formats, calib_samples, onnx_format, activation, method, tflite_io, data_spec, mean, std,
-             out):
-    """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images."""
-    from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
-    from edgecnn.compress.train import accuracy, predict
-    from edgecnn.runtime.host import runtime_logits
+def quantize(model_path, formats, calib_samples, select, onnx_format, activation, method, tflite_io, accuracy_budget,
+             qat, min_agreement, on_fail, threads, min_seconds, data_spec, mean, std, out):
+    """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images.
 
-    model, info, data = _export_common(model_path, data_spec, mean, std)
-    if calib_samples < 1:
-        raise UserError("--calib-samples: must be at least 1")
-    calib = data.normalize(data.train.x[:calib_samples])
-    ref_acc = accuracy(predict(model, data, data.test), data.test.y)
-    for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
-        if fmt == "onnx":
-            path = out / "model.int8.onnx"
-            with tempfile.TemporaryDirectory() as tmp:
-                export_onnx(model, info.input_shape, Path(tmp) / "fp32.onnx")
-                quantize_onnx(Path(tmp) / "fp32.onnx", path, calib.numpy(), fmt=onnx_format, activation=activation,
-                              method=method)
-        elif fmt == "tflite":
-            path = out / "model.int8.tflite"
-            quantize_tflite(model, info.input_shape, calib, path, io=tflite_io)
-        else:
-            raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
-        acc, _ = runtime_logits(path, data, data.test)
-        click.echo(f"{path}: int8 accuracy {acc:.4f} (fp32 PyTorch {ref_acc:.4f})")
+    The quantize stage of compress: the fp32 exports pass the parity gate, int8 candidates are measured
+    (accuracy on the test split, batch-1 latency here), the fastest within --accuracy-budget is kept,
+    and each runtime deploys int8 only where it beats fp32. Writes the int8 and fp32 files,
+    quantize.json and export.json into --out.
+    """
+    from edgecnn.compression.int8_select import describe
+
+    r = api.quantize(
+        model_path, out, data_spec, formats=formats, calib_samples=calib_samples, select=select,
+        onnx_format=onnx_format, activation=activation, method=method, tflite_io=tflite_io,
+        accuracy_budget=accuracy_budget, qat=qat, on_fail=on_fail, min_agreement=min_agreement, threads=threads,
+        min_seconds=min_seconds, mean=mean, std=std,
+    )
+    _print_export(r["export"])
+    for fmt, f in r["files"].items():
+        click.echo(f"{fmt} candidates (test accuracy, batch-1 p50 on local-cpu):")
+        for c in r["candidates"][fmt]:
+            mark = "  <- chosen" if c["chosen"] else ("" if c["within_budget"] else "  (over the budget)")
+            click.echo(f"  {c['label']:<36} {c['accuracy']:.4f}  {c['p50_ms']:.3f} ms{mark}")
+        gate = f["gate"]
+        click.echo(
+            f"{f['path']}: int8 accuracy {f['accuracy']:.4f} (fp32 PyTorch {f['reference_accuracy']:.4f}), "
+            f"{describe(f['config'])}{' QAT' if f['qat'] else ''}; "
+            f"accuracy gate (loss <= {gate['accuracy_budget']:g}): "
+            + ("passed" if gate["passed"] else "FAILED, kept (--on-fail warn)")
+            + f"; deploy {f['deploy_precision']} (int8 p50 {f['p50_ms']:.3f} ms, fp32 {f['fp32_p50_ms']:.3f} ms)"
+        )
+    for note in r["notes"]:
+        click.echo(f"note: {note}")
 
 
 @main.command(epilog=_example("bench"))
@@ -518,58 +349,17 @@ def quantize(model_path, formats, calib_samples, onnx_format, activation, method
 @click.option("--kwargs", "kwargs_text", help="Constructor arguments (YAML mapping) when MODEL is file.py:Class.")
 def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json, weights, kwargs_text):
     """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
-    from edgecnn.devices.deploy import benchmark_on_device, model_job
-    from edgecnn.devices.profiles import get_profile
-    from edgecnn.runtime.host import run_agent_local, save_torchscript, write_eval_npz
-
-    profile = get_profile(device)  # an unknown device is an error before any work
-    shown, user_dir = str(model_path), tempfile.TemporaryDirectory()
-    if ".py:" in shown or shown.startswith("torchvision:"):
-        model_path = _user_model_file(shown, kwargs_text, weights, data_spec, mean, std, Path(user_dir.name))
-    elif weights is not None:
-        raise UserError(f"--weights: only for MODEL file.py:Class or torchvision:NAME; {shown} holds its weights")
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: model file not found")
-    suffix = model_path.suffix.lower()
-    if suffix not in (".pt", ".ts", ".onnx", ".tflite"):
-        raise UserError(f"{model_path}: unknown model format; give .pt, .onnx or .tflite")
-    info = None
-    with tempfile.TemporaryDirectory() as tmp:
-        target = model_path
-        if suffix in (".pt", ".ts"):
-            model, info = _load_any(model_path)
-            if info is not None:
-                target = Path(tmp) / "model.ts"
-                save_torchscript(model, info.input_shape, target)
-        _check_model_file(model_path)
-        data = _load_data(data_spec, mean, std, info)
-        npz = Path(tmp) / "eval.npz"
-        write_eval_npz(data, data.test, npz)
-        if device == "local-cpu":
-            result = run_agent_local(target, npz, threads=threads, min_seconds=min_seconds)
-        else:  # the same agent, on the device through its transport
-            entries, _ = benchmark_on_device(
-                profile, [model_job(target)], npz, threads=threads, min_seconds=min_seconds, strict=True
-            )
-            result = entries[0]
-    result.update({"model": shown, "size_bytes": Path(weights or model_path).stat().st_size, "device": device})
-    user_dir.cleanup()
+    result = api.bench(model_path, data_spec, device, threads, min_seconds=min_seconds, weights=weights,
+                       kwargs=kwargs_text, mean=mean, std=std)
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
-        lat = result["latency_ms"]
-        click.echo(
-            f"{shown}: accuracy {result['accuracy']:.4f} on {result['eval_samples']} images, "
-            f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, peak {result['peak_memory_mb']:.0f} MB, "
-            f"{result['runtime']}, {result['threads']} thread(s)"
-        )
-
-
-def _check_model_file(path: Path) -> None:
-    """Check an ONNX or TFLite file's structure before a runtime parses it."""
-    from edgecnn.runtime.checks import check_model_file
-
-    check_model_file(path)
+        return
+    lat = result["latency_ms"]
+    click.echo(
+        f"{result['model']}: accuracy {result['accuracy']:.4f} on {result['eval_samples']} images, "
+        f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, peak {result['peak_memory_mb']:.0f} MB, "
+        f"{result['runtime']}, {result['threads']} thread(s)"
+    )
 
 
 @main.command(epilog=_example("deploy"))
@@ -586,29 +376,14 @@ def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean,
     TARGET is a finished run directory (its models, its evaluation images) or one model file
     (.onnx, .tflite, TorchScript), evaluated on --data.
     """
-    from edgecnn.devices.deploy import deploy as deploy_to
-
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = None
-        if target.is_file():
-            npz = _eval_npz(data_spec, mean, std, Path(tmp))
-        entries = deploy_to(target, device, npz=npz, threads=threads, min_seconds=min_seconds, keep=keep,
-                            log=None if as_json else lambda msg: click.echo(msg, err=True))
+    entries = api.deploy(target, device, data=data_spec, threads=threads, min_seconds=min_seconds, keep=keep,
+                         mean=mean, std=std, log=None if as_json else lambda msg: click.echo(msg, err=True))
     if as_json:
         click.echo(json.dumps(entries, indent=2))
-    else:
-        _print_table(entries)
-        if target.is_dir():
-            click.echo(f"report: {target / 'report.md'}")
-
-
-def _eval_npz(data_spec: str, mean: str | None, std: str | None, folder: Path) -> Path:
-    """The evaluation batch of a data spec, written for the agent."""
-    from edgecnn.runtime.host import write_eval_npz
-
-    data = _load_data(data_spec, mean, std)
-    write_eval_npz(data, data.test, folder / "eval.npz")
-    return folder / "eval.npz"
+        return
+    _print_table(entries)
+    if target.is_dir():
+        click.echo(f"report: {target / 'report.md'}")
 
 
 @main.command(epilog=_example("compare"))
@@ -625,9 +400,8 @@ def compare(runs, out, max_latency_ms, max_size_kb, min_accuracy, device, as_jso
 
     RUN may be a run directory, its report.json, or a sweep directory (standing for its variants).
     """
-    from edgecnn.analysis.compare import Budget, compare_runs
-
-    result = compare_runs(list(runs), out, Budget(max_latency_ms, max_size_kb, min_accuracy, device))
+    result = api.compare(list(runs), out, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+                         min_accuracy=min_accuracy, device=device)
     if as_json:
         click.echo((out / "compare.json").read_text())
         return
@@ -635,39 +409,11 @@ def compare(runs, out, max_latency_ms, max_size_kb, min_accuracy, device, as_jso
     click.echo(f"comparison: {out / 'compare.md'}, {out / 'compare.html'}")
 
 
-def _print_compare(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from edgecnn.analysis.compare import COLUMNS, table_rows
-
-    table = Table(*COLUMNS, title="edgecnn compare")
-    for r, row in zip(result["rows"], table_rows(result["rows"]), strict=True):
-        table.add_row(*row, style="bold green" if r.get("best") else None)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
-    if result.get("budget"):
-        click.echo(("" if result["budget"]["met"] else "no model meets the budget: ") + result["budget"]["message"])
-
-
 @main.command(epilog=_example("devices"))
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles and their reachability as JSON.")
 def devices(as_json):
     """List device profiles and whether each is reachable."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from edgecnn.devices.profiles import list_profiles, reachability
-
-    profiles = list_profiles()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        reasons = list(pool.map(reachability, profiles))
-    rows = [
-        {"name": p.name, "transport": p.transport, "target": p.target(), "runtimes": p.runtimes,
-         "reachable": r is None, "reason": r, "profile": p.source, "description": p.description}
-        for p, r in zip(profiles, reasons, strict=True)
-    ]
+    rows = api.list_devices()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -1,4 +1,5 @@
-"""The device agent (edgecnn/runtime/agent.py) on a tiny real ONNX model: accuracy, latency method, CPU pinning."""
+"""The device agent (edgecnn/runtime/agent.py) on a tiny real ONNX model: accuracy, latency method, CPU pinning,
+CPU leases (no two concurrent timings on one core) and refusing a GPU provider that is not there."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgecnn.core.errors import StageFailed
 from edgecnn.runtime import agent
-from edgecnn.runtime.host import AGENT_PATH
+from edgecnn.runtime.host import AGENT_PATH, cpu_lease, run_agent_local
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,85 @@ def test_one_thread_runs_are_pinned_to_one_cpu(tiny):
     model, npz = tiny
     argv = [sys.executable, str(AGENT_PATH), "--model", str(model), "--data", str(npz), "--min-seconds", "0.05"]
     pinned = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-    assert pinned["pinned_cpu"] == max(os.sched_getaffinity(0))
+    assert pinned["pinned_cpu"] == max(os.sched_getaffinity(0)) and pinned["cpus"] == [pinned["pinned_cpu"]]
     free = json.loads(subprocess.run([*argv, "--no-pin"], capture_output=True, text=True, check=True).stdout)
     assert free["pinned_cpu"] is None and free["accuracy"] == pinned["accuracy"] == 0.75
+    first = min(os.sched_getaffinity(0))
+    leased = json.loads(subprocess.run([*argv, "--cpu", str(first)], capture_output=True, text=True, check=True).stdout)
+    assert leased["pinned_cpu"] == first and leased["cpus"] == [first]
+
+
+def _held(folder: Path, cpu: int) -> bool:
+    """Whether some process holds the lease lock of `cpu` (probing it with a non-blocking flock)."""
+    import fcntl
+
+    fd = os.open(folder / f"cpu{cpu}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+HOLDER = """
+import os, sys, time
+from edgecnn.runtime.host import cpu_lease
+with cpu_lease(1) as cpus:
+    print(cpus[0], flush=True)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.02)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs")
+def test_two_concurrent_benchmarks_pin_different_cores(tiny, tmp_path, monkeypatch):
+    """A benchmark started while another process holds its timing CPU times on another core."""
+    monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
+    (tmp_path / "leases").mkdir()
+    model, npz = tiny
+    last = max(os.sched_getaffinity(0))
+    done = tmp_path / "done"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(done)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert int(holder.stdout.readline()) == last  # the other timing leased the last CPU
+        result = run_agent_local(model, npz, threads=1, warmup=1, min_iters=5, min_seconds=0.2)
+        assert _held(tmp_path / "leases", last), "the other process still holds its CPU"
+    finally:
+        done.touch()
+        holder.wait(timeout=60)
+    assert len(result["cpus"]) == 1 and result["cpus"] != [last] and result["pinned_cpu"] != last
+    assert result["accuracy"] == 0.75
+    with cpu_lease(1) as mine:  # and once both are done, their CPUs are free again
+        assert mine == [last]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_leases_wait_for_a_free_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
+    n = len(os.sched_getaffinity(0))
+    with cpu_lease(n) as every:
+        assert every == sorted(os.sched_getaffinity(0))
+        with pytest.raises(StageFailed, match="no free CPU to time on"):
+            with cpu_lease(1, timeout=0.2):
+                pass
+
+
+def test_an_absent_gpu_provider_is_an_error_not_a_cpu_figure(tiny):
+    """Asking for ONNX Runtime's CUDA provider where it is absent must fail, not time on the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    model, npz = tiny
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider is not available"):
+        agent.open_runtime(str(model), 1, "onnxruntime-cuda")
+    with pytest.raises(StageFailed, match="CUDAExecutionProvider is not available") as e:
+        run_agent_local(model, npz, runtime="onnxruntime-cuda", min_seconds=0, min_iters=1)
+    assert "\n" not in str(e.value)
+    cpu = run_agent_local(model, npz, min_seconds=0, min_iters=1)
+    assert cpu["providers"] == ["CPUExecutionProvider"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "edgecnn"
-LAYERS = ["core", "config", "analysis", "data", "models", "tasks", "runtime", "devices", "compress", "pipeline",
+LAYERS = ["core", "config", "analysis", "data", "models", "tasks", "runtime", "devices", "compression", "pipeline",
           "api", "cli"]
 
 

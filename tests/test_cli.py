@@ -62,3 +62,18 @@ def test_existing_run_dir_is_refused_without_resume(quickstart_run):
     before = sorted(p.name for p in quickstart_run.iterdir())
     _assert_one_error(run_cli("compress", str(QUICKSTART), "--out", str(quickstart_run)), "--resume")
     assert sorted(p.name for p in quickstart_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n   # and another\n"])
+def test_empty_or_all_comment_recipe_is_refused(tmp_path, text):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text(text)
+    proc = run_cli("compress", str(recipe), "--out", str(tmp_path / "o"))
+    _assert_one_error(proc, "empty.yaml", "empty")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_no_validation_images_is_refused_before_training(tmp_path):
+    proc = run_cli("compress", str(QUICKSTART), "--out", str(tmp_path / "o"), "--set", "data.val_fraction=0")
+    _assert_one_error(proc, "data.val_fraction", "validation")
+    assert not (tmp_path / "o").exists()

@@ -89,3 +89,65 @@ def test_augment_batch_is_a_padded_crop_and_flip(cifar_small):
         assert plain or flipped
         flips += flipped and not plain
     assert 0 < flips < len(x)  # some flipped, some not
+
+
+def test_stratified_sample_is_balanced_seeded_and_interleaved():
+    """Folder order (one class after another) is what calibration used to take the first images of."""
+    from edgecnn.data.datasets import Split
+
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate([300, 120, 50, 30])])  # sorted by class
+    split = Split(torch.arange(len(y), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2), y)
+    s = split.stratified(100, seed=3)
+    assert torch.bincount(s.y, minlength=4).tolist() == [25, 25, 25, 25]
+    assert sorted(torch.bincount(s.y[:8], minlength=4).tolist()) == [2, 2, 2, 2]  # every prefix is balanced
+    assert torch.equal(s.y, split.stratified(100, seed=3).y) and not torch.equal(s.y, split.stratified(100, 4).y)
+    big = split.stratified(300, seed=3)  # class 3 runs out at 30: the others fill in evenly
+    assert torch.bincount(big.y, minlength=4).tolist() == [110, 110, 50, 30]
+    assert len(split.stratified(10_000)) == len(split)
+
+
+def _png(path, size, value, mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+
+
+def test_calibration_images_cover_every_class_of_a_folder_with_val(tmp_path):
+    for split, n in (("train", 40), ("val", 5), ("test", 5)):
+        for c, name in enumerate(["a_first", "b", "c", "d"]):
+            for i in range(n):
+                _png(tmp_path / split / name / f"{i}.png", (8, 8), (10 * c, i, 0))
+    data = load_data(f"imagefolder:{tmp_path}")
+    assert data.train.y[:40].unique().tolist() == [0]  # the folder's order: the first 40 are one class
+    calib = data.calibration(64, seed=0)
+    assert torch.bincount(calib.y).tolist() == [16] * 4
+
+
+def test_mixed_image_sizes_are_an_error_or_resized_with_image_size(tmp_path):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            for i in range(3):
+                _png(tmp_path / split / c / f"{i}.png", (32, 32), (200, 10, 10))
+    odd = tmp_path / "test" / "dog" / "9.png"
+    _png(odd, (40, 64), (10, 200, 10))
+    from PIL import Image
+
+    with Image.open(odd) as im:  # its top 16 rows blue
+        im = im.copy()
+    im.paste((0, 0, 250), (0, 0, 40, 16))
+    im.save(odd)
+    with pytest.raises(UserError) as e:
+        load_data(f"imagefolder:{tmp_path}")
+    msg = str(e.value)
+    assert msg.startswith(f"{odd}: 40x64 pixels") and "32x32" in msg and "data.image_size" in msg
+    assert "\n" not in msg
+    data = load_data(f"imagefolder:{tmp_path}", image_size=32)
+    assert data.input_shape == (3, 32, 32) and len(data.test) == 7
+    fitted = data.test.x[data.test.y == 1][-1]  # 40x64 scaled to 32x51 (blue rows 0-12), then rows 9-41 kept
+    assert fitted[2, 0, 16] > 200 and fitted[1, 0, 16] < 50  # the crop starts inside the blue band ...
+    assert fitted[:, 8, 16].tolist() == [10, 200, 10]  # ... which a plain resize to 32x32 would show until row 8
+    wide = load_data(f"imagefolder:{tmp_path}", image_size=[16, 24])
+    assert wide.input_shape == (3, 16, 24)
+    with pytest.raises(UserError, match="data.image_size: mnist5k images are 28x28"):
+        load_data("mnist5k", image_size=32)

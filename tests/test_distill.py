@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_MODELS, needs_shared, run_cli
 
-from edgecnn.compress.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
+from edgecnn.compression.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
 from edgecnn.config.recipe import DistillConfig
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import load_data

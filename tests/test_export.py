@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from edgecnn.compress.export import export_onnx, quantize_onnx, quantize_tflite
-from edgecnn.compress.train import fit, predict
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.quantize import quantize_onnx, quantize_tflite
+from edgecnn.compression.train import fit, predict
 from edgecnn.config.recipe import TrainConfig
 from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model, save_model
@@ -111,7 +112,7 @@ def test_channels_last_weights_export_as_their_model(tmp_path):
     """Training leaves weights channels-last; litert-torch turned the shared ResNet-56 so into garbage (3e4 off)."""
     from conftest import SHARED_MODELS, needs_shared
 
-    from edgecnn.compress.export import export_tflite, for_export
+    from edgecnn.compression.export import export_tflite, for_export
     from edgecnn.models.files import load_weights
 
     needs_shared(SHARED_MODELS)

@@ -42,7 +42,7 @@ def fuzz(n: int):
 @pytest.fixture(scope="module")
 def real_files(tmp_path_factory) -> dict[str, bytes]:
     """Bytes of real, loadable files: an edgecnn model, a state_dict, ONNX and TFLite exports."""
-    from edgecnn.compress.export import export_onnx, export_tflite
+    from edgecnn.compression.export import export_onnx, export_tflite
     from edgecnn.models.files import ModelInfo, build_model, save_model
 
     d = tmp_path_factory.mktemp("real")

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from edgecnn.compress.export import export_onnx, export_tflite
-from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer
+from edgecnn.compression.export import export_onnx, export_tflite
+from edgecnn.compression.pruning import ChannelPruner, kept_layers, latency_timer
 from edgecnn.config.recipe import PruneConfig
 from edgecnn.core.errors import UserError
 from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, save_model
@@ -210,3 +210,39 @@ def test_report_states_what_pruning_bought(quickstart_run, quickstart_report):
     bench = p["latency_bench"]
     assert bench["format"] == "pytorch" and bench["speedup"] == bench["unpruned_p50_ms"] / bench["pruned_p50_ms"]
     assert f"({p['macs_reduction']:.2f}x fewer)" in (quickstart_run / "report.md").read_text()
+
+
+def test_an_overshot_target_is_said_in_the_result_and_the_run_notes(tmp_path, monkeypatch):
+    """macs_reduction 1.2 with round_to 4 on LeNet-small: channels go in fours, so the nearest step overshoots."""
+    from edgecnn.analysis.report import build_report
+    from edgecnn.config.recipe import recipe_from_dict
+    from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.runner import run_stages
+    from edgecnn.pipeline.stages import PruneStage, TeacherStage
+
+    monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
+    recipe = recipe_from_dict({
+        "name": "overshoot", "data": {"spec": "mnist5k", "eval_samples": 200}, "teacher": {"model": "lenet_small"},
+        "train": {"epochs": 0}, "student": None, "distill": None,
+        "prune": {"ratio": None, "macs_reduction": 1.2, "round_to": 4, "epochs": 0},
+    }, tmp_path)
+    ctx = Context(recipe, tmp_path / "run")
+    status = run_stages([TeacherStage(), PruneStage()], ctx, resume=False)
+    r = ctx.results["prune"]
+    t = r["target"]
+    assert t["name"] == "macs_reduction" and t["goal"] == 1.2
+    assert t["reached"] == pytest.approx(r["macs_reduction"]) and t["off"] > 0.10
+    assert t["note"].startswith(f"prune.macs_reduction: asked for 1.20x fewer MACs, reached {t['reached']:.2f}x")
+    assert "multiples of 4 (prune.round_to: 4)" in t["note"] and r["notes"] == [t["note"]]
+    report = build_report({}, ctx.results, status, {})
+    assert report["notes"] == [f"prune: {t['note']}"]
+
+
+def test_a_target_met_closely_has_no_note():
+    from edgecnn.pipeline.stages.prune import target_result
+
+    model = build_model(ModelInfo("lenet", {}, 10, (1, 28, 28)))
+    cfg = PruneConfig(ratio=None, params_budget=10_000)
+    assert target_result(cfg, None, 9_500, model, lambda v: v)["note"] is None
+    over = target_result(cfg, {"ratio": 0.5, "tried": [{"ratio": 0.4, "value": 12_000}]}, 5_000, model, lambda v: v)
+    assert "+50% past the target" in over["note"] and "0.4000, gives 12,000 parameters" in over["note"]

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 from conftest import QUICKSTART, run_cli
 
-from edgecnn.compress.int8_select import choose
+from edgecnn.compression.int8_select import choose
 from edgecnn.runtime import agent
 
 
@@ -38,9 +38,11 @@ def test_auto_lists_measured_candidates_and_prefers_one_precision_per_runtime(qu
             assert int8["latency_ms"]["p50"] < fp32["latency_ms"]["p50"] * 1.5
 
 
-def test_choose_takes_the_fastest_within_budget_or_none():
-    cands = [{"accuracy": 0.90, "p50_ms": 1.0}, {"accuracy": 0.85, "p50_ms": 0.5}, {"accuracy": 0.895, "p50_ms": 0.8}]
-    assert choose(cands, 0.90, 0.01)["p50_ms"] == 0.8
+def test_choose_takes_the_fastest_within_budget_on_validation_or_none():
+    cands = [{"val_accuracy": 0.90, "accuracy": 0.80, "p50_ms": 1.0},
+             {"val_accuracy": 0.85, "accuracy": 0.99, "p50_ms": 0.5},
+             {"val_accuracy": 0.895, "accuracy": 0.70, "p50_ms": 0.8}]
+    assert choose(cands, 0.90, 0.01)["p50_ms"] == 0.8  # test accuracies never enter the choice
     assert choose(cands, 0.90, 0.1)["p50_ms"] == 0.5
     assert choose(cands, 0.95, 0.01) is None
 
@@ -50,8 +52,71 @@ def test_a_loss_equal_to_the_budget_passes_despite_float32_accuracies():
     import numpy as np
 
     ref = float(np.float32(970) / np.float32(1000))
-    assert choose([{"accuracy": 0.96, "p50_ms": 1.0}], ref, 0.01) is not None
-    assert choose([{"accuracy": 0.959, "p50_ms": 1.0}], ref, 0.01) is None
+    assert choose([{"val_accuracy": 0.96, "p50_ms": 1.0}], ref, 0.01) is not None
+    assert choose([{"val_accuracy": 0.959, "p50_ms": 1.0}], ref, 0.01) is None
+
+
+def test_quickstart_decides_on_validation_and_reports_test_figures(quickstart_report):
+    r = quickstart_report
+    q, data = r["stages"]["quantize"], r["data"]
+    assert r["decision_split"] == "val" and q["decision_split"] == "val"
+    assert r["stages"]["export"]["decision_split"] == "val" and data["val"] == 400
+    for fmt, cands in q["candidates"].items():
+        rec = q["files"][fmt]
+        assert rec["decision_split"] == "val" and 0.5 < rec["reference_val_accuracy"] <= 1
+        for c in cands:  # both scores beside each other; the budget is judged on validation only
+            assert 0.5 < c["val_accuracy"] <= 1 and 0.5 < c["accuracy"] <= 1
+            if c["config"] != "fp32":
+                assert c["within_budget"] == (rec["reference_val_accuracy"] - c["val_accuracy"] <= 0.01 + 1e-6)
+        chosen = next(c for c in cands if c["chosen"])
+        assert (rec["val_accuracy"], rec["accuracy"]) == (chosen["val_accuracy"], chosen["accuracy"])
+    for m in r["models"]:  # reported figures: the test split
+        assert m["eval_samples"] == 1000 and m["score"] == m["accuracy"] == m["metrics"]["top1"]
+
+
+def _skewed_folder(root) -> None:
+    """Four classes in train/val/test folders: the first (in folder order) dark noise, the others bright patterns."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:28, 0:28]
+    bright = {"b_stripes": (yy // 4) % 2, "c_columns": (xx // 4) % 2, "d_checks": ((yy // 4) + (xx // 4)) % 2}
+    for split, n in (("train", 60), ("val", 20), ("test", 20)):
+        images = {"a_dark": lambda: rng.integers(0, 40, (28, 28, 3))}
+        images.update({k: (lambda p=p: 150 + 90 * p[..., None] + rng.integers(0, 15, (28, 28, 3)))
+                       for k, p in bright.items()})
+        for cls, make in images.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.clip(make(), 0, 255).astype(np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_a_folder_whose_first_class_is_unlike_the_others_quantizes_within_budget(tmp_path, monkeypatch):
+    """Calibration draws every class; the first 48 training images (all dark) would lose half the accuracy."""
+    from edgecnn.compression.quantize import quantize_onnx
+    from edgecnn.config.recipe import recipe_from_dict
+    from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.runner import run_stages
+    from edgecnn.pipeline.stages.registry import default_stages
+    from edgecnn.runtime.host import runtime_logits
+
+    monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
+    _skewed_folder(tmp_path / "data")
+    recipe = recipe_from_dict({
+        "name": "skewed", "data": {"spec": f"imagefolder:{tmp_path / 'data'}", "augment": "none", "calib_samples": 48},
+        "teacher": {"model": "lenet"}, "train": {"epochs": 6, "batch_size": 32}, "student": None, "distill": None,
+        "prune": None, "quantize": {"select": "fixed", "qat": {"enabled": False}}, "export": {"formats": ["onnx"]},
+    }, tmp_path)
+    ctx = Context(recipe, tmp_path / "run")
+    run_stages([s for s in default_stages() if s.name != "bench"], ctx, resume=False)  # a missed gate would raise
+    data, rec = ctx.data, ctx.results["quantize"]["files"]["onnx"]
+    assert data.train.y[:48].unique().tolist() == [0] and rec["reference_val_accuracy"] > 0.9
+    assert rec["reference_val_accuracy"] - rec["val_accuracy"] <= 0.01 and rec["decision_split"] == "val"
+    assert rec["reference_accuracy"] - rec["accuracy"] <= 0.01
+    first = tmp_path / "first48.int8.onnx"  # what calibrating on data.train.x[:48] gave
+    quantize_onnx(ctx.stage_dir("export") / "model.onnx", first, data.normalize(data.train.x[:48]).numpy(),
+                  fmt="qdq", activation="uint8", weight="int8", per_channel=True, method="minmax")
+    assert runtime_logits(first, data, data.val)[0] < rec["reference_val_accuracy"] - 0.2
 
 
 def test_forced_qat_produces_gated_int8_files_with_float_io(quickstart_run, tmp_path):
@@ -79,7 +144,7 @@ def test_forced_qat_produces_gated_int8_files_with_float_io(quickstart_run, tmp_
 
 def test_reduce_range_auto_follows_the_cpu():
     """auto: 7-bit weights only for u8 activations x s8 weights on x86 without VNNI; true/false as given."""
-    from edgecnn.compress.export import resolve_reduce_range, x86_without_vnni
+    from edgecnn.compression.quantize import resolve_reduce_range, x86_without_vnni
 
     assert resolve_reduce_range("auto", "uint8", "int8") is x86_without_vnni()
     assert resolve_reduce_range("auto", "int8", "int8") is False

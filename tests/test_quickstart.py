@@ -10,7 +10,8 @@ import pytest
 from edgecnn.runtime.host import runtime_logits
 
 CONTRACT_FIELDS = {"name", "format", "precision", "path", "size_bytes", "params", "macs", "accuracy", "eval_samples",
-                   "latency_ms", "peak_memory_mb", "runtime", "device", "threads", "parity"}
+                   "latency_ms", "peak_memory_mb", "runtime", "device", "threads", "parity", "task", "score", "metrics",
+                   "providers"}
 
 
 def _model(report: dict, name: str, fmt: str, precision: str) -> dict:
@@ -36,6 +37,12 @@ def test_report_lists_every_model_with_measurements(quickstart_report):
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert m["size_bytes"] > 0 and m["peak_memory_mb"] > 0
         assert m["runtime"].split()[0] in ("torch", "onnxruntime", "litert", "tflite-runtime", "openvino")
+        assert m["task"] == "classification" and m["score"] == m["metrics"]["top1"] == m["accuracy"]
+        lo, hi = m["metrics"]["top1_ci95"]
+        assert lo < m["accuracy"] < hi and 0.01 < hi - lo < 0.1  # 95% Wilson interval on 1,000 images
+        assert len(m["cpus"]) == 1  # one thread, on the CPU leased for this timing
+        assert m["providers"] == {"pytorch": ["cpu"], "onnx": ["CPUExecutionProvider"], "tflite": ["XNNPACK"],
+                                  "openvino": ["CPU"]}[m["format"]]
 
 
 def test_int8_tflite_is_small_and_accurate(quickstart_report):
@@ -64,7 +71,13 @@ def test_run_directory_layout(quickstart_run):
         manifest = json.loads((quickstart_run / stage / "manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["outputs"]
     assert not list(quickstart_run.glob(".*.tmp-*"))
-    assert "| student-pruned | tflite | int8 |" in (quickstart_run / "report.md").read_text()
+    md = (quickstart_run / "report.md").read_text()
+    assert "| student-pruned | tflite | int8 |" in md and "accuracy [95% CI]" in md
+    int8 = [m for m in json.loads((quickstart_run / "report.json").read_text())["models"]
+            if (m["name"], m["format"], m["precision"]) == ("student-pruned", "tflite", "int8")][0]
+    lo, hi = int8["metrics"]["top1_ci95"]
+    assert f"{int8['accuracy']:.4f} [{lo:.3f}, {hi:.3f}]" in md
+    assert "made on the val split (400 images), never on the test split" in md
 
 
 @pytest.mark.parametrize("rel", ["export/model.onnx", "quantize/model.int8.tflite", "quantize/model.int8.xml"])

@@ -155,6 +155,29 @@ def test_damaged_artifact_redoes_its_stage(reference, tmp_path):
     assert stage_files(out, "export") == stage_files(reference, "export")
 
 
+def test_a_data_key_redoes_only_the_stages_that_read_it(reference, tmp_path):
+    """data.calib_samples is read by quantize alone: --resume with a new value reuses the stages before it."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    int8 = ["--set", "quantize.enabled=true"]
+    proc = compress(out, "--resume", *int8)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["reused_stages"] == ["teacher", "distill", "prune", "export"]
+    before = {s: (out / s / "manifest.json").stat().st_mtime_ns for s in STAGES}
+    proc = compress(out, "--resume", *int8, "--set", "data.calib_samples=64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["reused_stages"] == ["teacher", "distill", "prune", "export"]
+    assert report["stages"]["quantize"]["status"] == report["stages"]["bench"]["status"] == "ran"
+    for s in STAGES:
+        assert ((out / s / "manifest.json").stat().st_mtime_ns != before[s]) == (s in ("quantize", "bench")), s
+    key = json.loads((out / "quantize" / "manifest.json").read_text())["key"]
+    assert key["data"]["calib_samples"] == 64
+    assert "calib_samples" not in json.loads((out / "prune" / "manifest.json").read_text())["key"]["data"]
+
+
 @pytest.fixture(scope="module")
 def full_reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full") / "run"

@@ -83,7 +83,8 @@ def test_killed_sweep_resumes_without_recomputing_finished_variants(resumed):
     for name in status:
         report = json.loads((out / "variants" / name / "report.json").read_text())
         assert report["recipe"]["prune"]["ratio"] == float(name.removeprefix("ratio"))
-        assert report["stages"]["prune"]["status"] == "ran"
+        # timed stages start once every variant has trained: the killed sweep had pruned them all
+        assert report["stages"]["prune"]["status"] == ("ran" if name in resumed["finished"] else "reused")
         assert report["data"]["eval"]["samples"] == 300 and len(report["data"]["eval"]["sha256"]) == 64
 
 
@@ -96,6 +97,19 @@ def test_shared_stages_ran_once_and_are_linked_into_every_variant(resumed):
         for v in (out / "variants").iterdir():
             assert os.path.samefile(src, v / stage / "manifest.json"), (stage, v.name)
             assert stage in json.loads((v / "report.json").read_text())["reused_stages"]
+
+
+def test_timed_stages_start_after_every_variant_has_trained(resumed):
+    """No variant quantizes or benchmarks (times models) while another one still trains."""
+    variants = list((resumed["out"] / "variants").iterdir())
+
+    def finished(v, stage):
+        return (v / stage / "manifest.json").stat().st_mtime_ns
+
+    last_training = max(finished(v, "prune") for v in variants)
+    assert min(finished(v, s) for v in variants for s in ("quantize", "bench")) > last_training
+    assert "timed stages (quantize, bench) start after" in json.loads((resumed["out"] / "sweep.json").read_text())[
+        "timing"]
 
 
 def test_sweep_writes_a_self_contained_comparison(resumed):
@@ -235,3 +249,32 @@ def test_compare_missing_or_corrupt_report(resumed, tmp_path):
     assert proc.returncode == 2 and "corrupt report.json" in proc.stderr and len(proc.stderr.splitlines()) == 1
     proc = run_cli("compare", first, "--device", "rpi4", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "--device rpi4: no model was measured on it" in proc.stderr
+
+
+def test_wilson_interval_and_two_proportion_test():
+    from edgecnn.analysis.stats import two_proportion_p, wilson_interval
+
+    lo, hi = wilson_interval(0.9, 1000)  # 900 of 1,000: the textbook interval
+    assert lo == pytest.approx(0.8798, abs=1e-4) and hi == pytest.approx(0.9171, abs=1e-4)
+    assert wilson_interval(1.0, 50)[1] == 1.0 and wilson_interval(0.0, 50)[0] == 0.0
+    assert wilson_interval(None, 10) is None and wilson_interval(0.5, 0) is None
+    assert two_proportion_p(0.90, 1000, 0.91, 1000) > 0.4  # one point on 1,000 images: noise
+    assert two_proportion_p(0.90, 10_000, 0.92, 10_000) < 1e-4
+
+
+def test_compare_says_when_the_best_models_are_not_distinguishable():
+    from edgecnn.analysis.compare import Budget, choose
+    from edgecnn.analysis.stats import wilson_interval
+
+    def row(run, acc, p50, n=1000):
+        return {"run": run, "model": "student", "format": "onnx", "precision": "int8", "device": "local-cpu",
+                "accuracy": acc, "eval_samples": n, "top1_ci95": wilson_interval(acc, n), "p50_ms": p50,
+                "size_kb": 10.0}
+
+    rows = [row("a", 0.912, 1.0), row("b", 0.905, 0.8), row("c", 0.850, 0.5), row("d", 0.95, 9.0)]
+    got = choose(rows, Budget(max_latency_ms=2.0))
+    assert got["best"]["run"] == "a" and [t["run"] for t in got["indistinguishable"]] == ["b"]
+    assert "not distinguishable on these 1000 test images from 1 other model(s)" in got["message"]
+    assert "b: student onnx int8 on local-cpu (0.9050 [0.885, 0.922], p=0.59)" in got["message"]
+    clear = choose([row("a", 0.95, 1.0, 10_000), row("b", 0.90, 0.8, 10_000)], Budget(max_latency_ms=2.0))
+    assert clear["indistinguishable"] == [] and "not distinguishable" not in clear["message"]

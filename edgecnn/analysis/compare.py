@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn.analysis.report import SCHEMA, fmt_cell, markdown_table
+from edgecnn.analysis.stats import ci_text, entry_interval, two_proportion_p
 from edgecnn.core.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from edgecnn.core.errors import UserError
 
-COLUMNS = ["run", "model", "format", "precision", "device", "size KB", "params", "MACs", "accuracy",
+COLUMNS = ["run", "model", "format", "precision", "device", "size KB", "params", "MACs", "accuracy [95% CI]",
            "p50 ms", "p90 ms", "peak MB", "front"]
+SIGNIFICANCE = 0.05  # two models' accuracies differ when the two-proportion test's p-value is below this
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ def flatten(labelled: list[tuple[str, dict]]) -> list[dict]:
                 "params": m.get("params"),
                 "macs": m.get("macs"),
                 "accuracy": m.get("accuracy"),
+                "eval_samples": m.get("eval_samples"),
+                "top1_ci95": entry_interval(m),
                 "p50_ms": lat.get("p50"),
                 "p90_ms": lat.get("p90"),
                 "peak_mb": m.get("peak_memory_mb"),
@@ -200,9 +204,20 @@ def choose(rows: list[dict], b: Budget) -> dict:
     if ok:
         best = min(ok, key=lambda r: (-r["accuracy"], r["p50_ms"] if r["p50_ms"] is not None else math.inf))
         best["best"] = True
-        return {"met": True, "best": best, "message": f"best within budget: {_describe(best)} "
-                f"(accuracy {best['accuracy']:.4f}, p50 {fmt_cell(best['p50_ms'], '.3f')} ms, "
-                f"{fmt_cell(best['size_kb'], '.1f')} KB)"}
+        ties = indistinguishable(best, [r for r in ok if r is not best])
+        message = (f"best within budget: {_describe(best)} (accuracy {best['accuracy']:.4f} "
+                   f"{ci_text(best['top1_ci95'])}, p50 {fmt_cell(best['p50_ms'], '.3f')} ms, "
+                   f"{fmt_cell(best['size_kb'], '.1f')} KB)")
+        if ties:
+            shown = "; ".join(f"{_describe(r)} ({r['accuracy']:.4f} {ci_text(r['top1_ci95'])}, p={p:.2f})"
+                              for r, p in ties[:5])
+            message += (f"; not distinguishable on these {best['eval_samples'] or '?'} test images from "
+                        f"{len(ties)} other model(s) within the budget (two-proportion test p >= {SIGNIFICANCE}): "
+                        f"{shown}{'; ...' if len(ties) > 5 else ''}")
+        return {"met": True, "best": best, "message": message,
+                "indistinguishable": [{"run": r["run"], "model": r["model"], "format": r["format"],
+                                       "precision": r["precision"], "device": r["device"], "accuracy": r["accuracy"],
+                                       "p_value": p} for r, p in ties]}
     names = [n for n in ("latency", "size", "accuracy") if _limit_text(b, n)]
     alone = [n for n in names if all(n in _misses(r, b) for r in pool)]
     parts = []
@@ -219,10 +234,27 @@ def choose(rows: list[dict], b: Budget) -> dict:
     return {"met": False, "best": None, "unmet": alone or names, "message": "; ".join(parts)}
 
 
+def indistinguishable(best: dict, others: list[dict]) -> list[tuple[dict, float]]:
+    """The rows whose accuracy the data cannot tell from `best`'s (two-proportion test p >= SIGNIFICANCE)."""
+    out = []
+    for r in others:
+        if not best.get("eval_samples") or not r.get("eval_samples") or r["accuracy"] is None:
+            continue
+        p = two_proportion_p(best["accuracy"], best["eval_samples"], r["accuracy"], r["eval_samples"])
+        if p >= SIGNIFICANCE:
+            out.append((r, p))
+    return sorted(out, key=lambda t: -t[1])
+
+
+def _accuracy_cell(r: dict) -> str:
+    ci = ci_text(r.get("top1_ci95"))
+    return fmt_cell(r["accuracy"], ".4f") + (f" {ci}" if ci else "")
+
+
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """Formatted cells in COLUMNS order."""
     return [[r["run"], r["model"], r["format"], r["precision"], r["device"], fmt_cell(r["size_kb"], ".1f"),
-             fmt_cell(r["params"], ","), fmt_cell(r["macs"], ","), fmt_cell(r["accuracy"], ".4f"),
+             fmt_cell(r["params"], ","), fmt_cell(r["macs"], ","), _accuracy_cell(r),
              fmt_cell(r["p50_ms"], ".3f"), fmt_cell(r["p90_ms"], ".3f"), fmt_cell(r["peak_mb"], ".0f"),
              ",".join(r["front"]) + (" *best*" if r.get("best") else "")] for r in rows]
 
@@ -245,6 +277,10 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
         pts = [r for r in rows if r[key] is not None]
         for r in pts:
             on = tag in r["front"]
+            if r.get("top1_ci95"):
+                y, (lo, hi) = 100 * r["accuracy"], r["top1_ci95"]
+                ax.errorbar(r[key], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="none", ecolor=colour[r["run"]],
+                            elinewidth=0.7, capsize=2, alpha=0.5)
             ax.scatter(r[key], 100 * r["accuracy"], marker=marker.get(r["format"], "D"), s=70 if on else 30,
                        facecolors=colour[r["run"]] if r["precision"] == "int8" else "none",
                        edgecolors=colour[r["run"]], linewidths=2 if on else 1, alpha=0.9)
@@ -269,7 +305,8 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
     handles = [plt.Line2D([], [], color=colour[r], marker="o", ls="", label=r) for r in runs]
     handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f) for f, m in marker.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
-    fig.suptitle(f"accuracy vs latency and size on {device} (filled: int8, hollow: fp32; large: on the front)",
+    fig.suptitle(f"accuracy vs latency and size on {device} (filled: int8, hollow: fp32; large: on the front; "
+                 "bars: 95% interval)",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(handles) / 4), 1, 1))
     with atomic_path(path) as tmp:
@@ -281,7 +318,7 @@ def _markdown(result: dict, plots: list[str]) -> str:
     md = ["# edgecnn compare", "", f"Runs: {', '.join(result['runs'])}. Evaluation data: {result['data']}.", "",
           markdown_table(COLUMNS, table_rows(result["rows"]))]
     md += ["", "front: on the Pareto front of accuracy against p50 latency (`latency`) or file size (`size`) "
-           "for that device.", ""]
+           "for that device. accuracy: test top-1 with its 95% Wilson interval.", ""]
     if result.get("budget"):
         md += [f"**Budget** ({result['budget']['limits']}): {result['budget']['message']}", ""]
     md += [f"![{p}]({p})" for p in plots]
@@ -350,14 +387,3 @@ def write_outputs(out: Path, result: dict) -> None:
     atomic_write_text(out / "compare.md", _markdown(result, names))
     atomic_write_text(out / "compare.html", _html(result, plots))
 
-
-def eval_identity(data, eval_samples: int | None) -> dict:
-    """What a report records about its evaluation split: which split, how many images, and their hash."""
-    import hashlib
-
-    split = data.test.head(eval_samples)
-    h = hashlib.sha256()
-    for t in (split.x, split.y):
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return {"split": "test", "samples": len(split), "sha256": h.hexdigest()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecnn.analysis.stats import ci_text, entry_interval
 from edgecnn.core.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from edgecnn.core.environment import environment
 
@@ -16,13 +17,16 @@ def build_report(recipe: dict, results: dict[str, dict], status: dict[str, str],
     for name, st in status.items():
         r = {k: v for k, v in results.get(name, {}).items() if k not in ("models", "_hash")}
         stages[name] = {"status": st, **r}
+    decided = sorted({r["decision_split"] for r in results.values() if isinstance(r, dict) and r.get("decision_split")})
     return {
         "schema": SCHEMA,
         "recipe": recipe,
         "environment": environment(),
         "data": data,
+        "decision_split": decided[0] if len(decided) == 1 else (decided or None),
         "stages": stages,
         "reused_stages": [n for n, s in status.items() if s == "reused"],
+        "notes": [f"{name}: {n}" for name in status for n in results.get(name, {}).get("notes", [])],
         "models": results.get("bench", {}).get("models", []),
         "pruning": pruning_summary(results, results.get("bench", {}).get("models", [])),
         "deployments": deployments(results.get("bench", {}).get("deployment")),
@@ -83,6 +87,12 @@ def fmt_cell(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def accuracy_cell(m: dict) -> str:
+    """`0.9712 [0.961, 0.980]`: the test top-1 and its 95% Wilson interval."""
+    ci = ci_text(entry_interval(m))
+    return fmt_cell(m.get("accuracy"), ".4f") + (f" {ci}" if ci else "")
+
+
 def model_rows(models: list[dict]) -> list[list[str]]:
     """Table rows: name, format, precision, device, size, params, MACs, accuracy, p50, p90, memory, runtime."""
     rows = []
@@ -98,7 +108,7 @@ def model_rows(models: list[dict]) -> list[list[str]]:
                 fmt_cell(m.get("size_bytes", 0) / 1024, ".1f"),
                 fmt_cell(m.get("params"), ","),
                 fmt_cell(m.get("macs"), ","),
-                fmt_cell(m.get("accuracy"), ".4f"),
+                accuracy_cell(m),
                 fmt_cell(lat.get("p50"), ".3f"),
                 fmt_cell(lat.get("p90"), ".3f"),
                 fmt_cell(m.get("peak_memory_mb"), ".0f"),
@@ -116,7 +126,7 @@ HEADER = [
     "size KB",
     "params",
     "MACs",
-    "accuracy",
+    "accuracy [95% CI]",
     "p50 ms",
     "p90 ms",
     "peak MB",
@@ -144,6 +154,10 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
         if m.get("accuracy") is None or not m.get("latency_ms"):
             continue
         x, y = m["latency_ms"]["p50"], 100 * m["accuracy"]
+        ci = entry_interval(m)
+        if ci:
+            ax.errorbar(x, y, yerr=[[y - 100 * ci[0]], [100 * ci[1] - y]], fmt="none", ecolor="grey", elinewidth=0.8,
+                        capsize=2, alpha=0.6)
         ax.scatter(
             x,
             y,
@@ -157,12 +171,17 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
         )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title + " (circles fp32, squares int8/bf16/fp16; area ~ size)")
+    ax.set_title(title + " (circles fp32, squares int8/bf16/fp16; area ~ size; bars: 95% interval)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def split_size(data: dict, split: str) -> str:
+    n = data.get(split)
+    return f" ({n:,} images)" if isinstance(n, int) else ""
 
 
 def write_report(run_dir: Path, report: dict) -> None:
@@ -176,13 +195,19 @@ def write_report(run_dir: Path, report: dict) -> None:
         "",
         f"Data: `{report['data'].get('spec')}`, evaluated on {models[0]['eval_samples'] if models else 0} test images. "
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
-        f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs.",
+        f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs. "
+        "Accuracy: top-1 on the test split with its 95% Wilson interval."
+        + (f" Choices (int8 config, gates, QAT, deployed file) were made on the {report['decision_split']} split"
+           f"{split_size(report['data'], report['decision_split'])}, never on the test split."
+           if isinstance(report.get("decision_split"), str) else ""),
         "",
         markdown_table(HEADER, model_rows(models)),
         "",
         pruning_line(report.get("pruning")),
         "",
         deployment_line(report),
+        "",
+        *[f"- note: {n}" for n in report.get("notes", [])],
         "",
         "Stages: " + ", ".join(f"{k} ({v['status']})" for k, v in report["stages"].items()),
         "",

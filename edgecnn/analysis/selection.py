@@ -1,6 +1,6 @@
 """The deployed file of a device: across runtimes and precisions, the fastest whose score is within budget.
 
-Scores are the ones decisions are made on (the evaluation split of the export and quantize stages,
+Scores are the ones decisions are made on (the validation split of the export and quantize stages,
 measured by the agent); latencies are batch-1 p50s measured on the device itself. The result lists
 every candidate with its runtime, precision, score, p50 and size, and says why the winner won.
 """

@@ -8,6 +8,7 @@ current directory.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,9 @@ from edgecnn.core.errors import UserError
 AutoBool = Annotated[
     Literal["auto", "true", "false"], BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else v)
 ]
+
+
+Pixels = Annotated[int, Field(ge=1, le=8192)]
 
 
 class Section(BaseModel):
@@ -36,6 +40,9 @@ class DataConfig(Section):
     augment: Literal["none", "cifar", "auto"] = "auto"
     eval_samples: int | None = Field(None, ge=1, description="limit the test split (None: all)")
     calib_samples: int = Field(256, ge=1, le=100_000)
+    image_size: Pixels | tuple[Pixels, Pixels] | None = Field(
+        None, description="image folders: resize each image to cover [height, width] (or N x N), crop the centre"
+    )
 
     @field_validator("std")
     @classmethod
@@ -223,13 +230,21 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `key.path=value` assignment to the raw recipe mapping, in place."""
+    """Apply one `key.path=value` assignment (`--set`, value read as YAML) to the raw recipe mapping, in place."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set distill.epochs=2")
     key, _, text = assignment.partition("=")
+    set_dotted(raw, key, _parse_value(text), Path.cwd())
+
+
+def set_dotted(raw: dict, key: str, value: Any, base: Path, where: str = "--set") -> None:
+    """Set `value` at the dotted `key` of a raw recipe mapping, in place; a path value resolves against `base`.
+
+    `where` names the source in errors (`--set`, `sweep:`, an API argument).
+    """
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UserError(f"--set {assignment!r}: empty key; e.g. --set distill.epochs=2")
+        raise UserError(f"{where} {key!r}: empty key; e.g. --set distill.epochs=2")
     node = raw
     for p in parts[:-1]:
         if node.get(p) is None:
@@ -237,11 +252,11 @@ def apply_override(raw: dict, assignment: str) -> None:
         if p == "data" and isinstance(node[p], str):
             node[p] = {"spec": node[p]}
         if not isinstance(node[p], dict):
-            raise UserError(f"--set {key}: {p!r} is not a section")
+            raise UserError(f"{where} {key.strip()}: {p!r} is not a section")
         node = node[p]
-    value = _parse_value(text)
-    if (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} and isinstance(value, str):
-        value = _absolutize(value, Path.cwd())
+    is_path = (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} or parts == ["data"]
+    if is_path and isinstance(value, str):
+        value = _absolutize(value, base)
     node[parts[-1]] = value
 
 
@@ -265,7 +280,7 @@ def _absolutize(value: str, base: Path) -> str:
     return prefix + str(p) + suffix
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def validation_message(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
     msg = first["msg"]
@@ -275,7 +290,7 @@ def _format_validation(err: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {msg}{extra}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
     """Read, override and validate a recipe file; bad input raises UserError naming the field."""
     path = Path(path)
     try:
@@ -293,14 +308,19 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise UserError(f"{path}: malformed YAML{at}; fix the syntax") from None
     if raw is None:
-        raw = {}
+        raise UserError(f"{path}: the recipe is empty (no YAML, or only comments); give at least `data:`, "
+                        "e.g. copy recipes/quickstart.yaml")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of sections (name, data, teacher, ...)")
     return recipe_from_dict(raw, base=path.resolve().parent, overrides=overrides, source=str(path))
 
 
-def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: str = "recipe") -> Recipe:
-    """Validate a raw mapping (paths relative to `base`), after applying `--set` overrides."""
+Overrides = Sequence[str] | Mapping[str, Any]
+"""`--set` assignments (`KEY=VALUE`, the value read as YAML) or a mapping of dotted keys to values."""
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """A copy of a raw recipe mapping with its relative paths (models, weights, data) resolved against `base`."""
     raw = copy.deepcopy(raw)
     if isinstance(raw.get("data"), str):
         raw["data"] = {"spec": raw["data"]}
@@ -308,12 +328,27 @@ def recipe_from_dict(raw: dict, base: Path, overrides: list[str] = (), source: s
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             sec[key] = _absolutize(sec[key], base)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: Overrides) -> None:
+    """Apply overrides to a raw recipe mapping in place (paths in values resolve against the current directory)."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_dotted(raw, str(key), value, Path.cwd())
+        return
     for assignment in overrides:
         apply_override(raw, assignment)
+
+
+def recipe_from_dict(raw: dict, base: Path, overrides: Overrides = (), source: str = "recipe") -> Recipe:
+    """Validate a raw mapping (paths relative to `base`), after applying overrides."""
+    raw = resolve_paths(raw, base)
+    apply_overrides(raw, overrides)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_format_validation(e, source)) from None
+        raise UserError(validation_message(e, source)) from None
 
 
 def recipe_dict(recipe: Recipe) -> dict:

@@ -5,8 +5,13 @@ descriptors 1 and 2, bypassing Python: `WARNING: All log messages before absl::I
 `oneDNN custom operations are on...`, `INFO: Created TensorFlow Lite XNNPACK delegate`. While
 `native_output_to_log()` is active those descriptors point at a log file, and Python's
 `sys.stdout` / `sys.stderr` are re-opened on the terminal, so edgecnn's own output (tables, progress,
-the one `error:` line) still reaches the user and nothing else does. The CLI also routes Python
-warnings and library logging there (`route_python_noise`); the Python API leaves those to the caller.
+the one `error:` line) still reaches the user and nothing else does.
+
+The CLI goes one step further (`native_output_to_log_for_good`): Python-level writes to
+`sys.stdout` / `sys.stderr` reach the terminal only when they come from edgecnn, click (help,
+usage) or the interpreter (a traceback); other libraries' writes (torch's own log handler, warnings,
+tqdm or rich progress bars of NNCF, print() calls) go to the log. edgecnn's rich consoles write to
+`terminal()` directly. The Python API leaves Python-level output to the caller.
 
 `EDGECNN_VERBOSE=1` turns all of it off. The log is `$EDGECNN_CACHE/native.log` (default
 `~/.cache/edgecnn/native.log`), appended to, and started afresh when it passes 8 MB.
@@ -66,6 +71,21 @@ def _is_fd_stream(stream, fd: int) -> bool:
         return False
 
 
+def _redirect() -> tuple[dict[int, int], int, tuple]:
+    """Point fds 1 and 2 at the log; Python's streams move to copies of the terminal's descriptors."""
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    log = _open_log()
+    streams = sys.stdout, sys.stderr
+    sys.stdout = _terminal_stream(sys.stdout, saved[1]) if _is_fd_stream(sys.stdout, 1) else sys.stdout
+    sys.stderr = _terminal_stream(sys.stderr, saved[2]) if _is_fd_stream(sys.stderr, 2) else sys.stderr
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    return saved, log, streams
+
+
 @contextlib.contextmanager
 def native_output_to_log() -> Iterator[None]:
     """Point descriptors 1 and 2 at the native log while Python's streams keep the terminal (re-entrant)."""
@@ -77,16 +97,7 @@ def native_output_to_log() -> Iterator[None]:
         finally:
             _active -= 1
         return
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    log = _open_log()
-    streams = sys.stdout, sys.stderr
-    sys.stdout = _terminal_stream(sys.stdout, saved[1]) if _is_fd_stream(sys.stdout, 1) else sys.stdout
-    sys.stderr = _terminal_stream(sys.stderr, saved[2]) if _is_fd_stream(sys.stderr, 2) else sys.stderr
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    saved, log, streams = _redirect()
     _active = 1
     try:
         yield
@@ -100,6 +111,68 @@ def native_output_to_log() -> Iterator[None]:
         sys.stdout, sys.stderr = streams
         for fd in (*saved.values(), log):
             os.close(fd)
+
+
+def native_output_to_log_for_good() -> None:
+    """The CLI's entry point: like native_output_to_log(), for the rest of the process, and Python-level
+    output of other libraries routed to the log too (see the module docstring).
+
+    Nothing is restored, so lines that native libraries print while the interpreter shuts down go to
+    the log as well.
+    """
+    global _active
+    if _active or verbose():
+        return
+    _redirect()
+    _active = 1
+    log = _LogFile()
+    sys.stdout = _Router(sys.stdout, log)
+    sys.stderr = _Router(sys.stderr, log)
+
+
+OWN_MODULES = ("edgecnn", "click", "__main__")
+
+
+def _from_own_code(depth: int) -> bool:
+    """True when the write `depth` frames up comes from edgecnn, click or the interpreter itself."""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:  # written from C with no Python caller: the interpreter's traceback
+        return True
+    return str(frame.f_globals.get("__name__", "")).startswith(OWN_MODULES)
+
+
+class _Router(io.TextIOBase):
+    """sys.stdout / sys.stderr of the CLI: edgecnn's writes to the terminal, other libraries' to the log."""
+
+    def __init__(self, terminal, log):
+        self.terminal, self._log = terminal, log
+
+    def write(self, text: str) -> int:
+        return (self.terminal if _from_own_code(2) else self._log).write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    @property
+    def encoding(self):  # type: ignore[override]
+        return self.terminal.encoding
+
+    @property
+    def buffer(self):
+        return self.terminal.buffer
+
+
+def terminal(err: bool = False):
+    """The stream edgecnn's own consoles write to: the terminal, also while other output is routed away."""
+    stream = sys.stderr if err else sys.stdout
+    return stream.terminal if isinstance(stream, _Router) else stream
 
 
 def route_python_noise() -> None:

@@ -50,18 +50,27 @@ class Split:
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return Split(self.x[idx], self.y[idx])
 
-    def per_class(self, n: int) -> Split:
-        """`n` images drawn evenly across the classes: round-robin over each class's fixed-seed shuffle."""
-        if n >= len(self):
+    def stratified(self, n: int, seed: int = SPLIT_SEED) -> Split:
+        """`n` images drawn evenly across classes (seeded), classes interleaved in the order returned.
+
+        Each class gives `n // classes` images (one more for some, fewer only where a class runs
+        out); a prefix of the result is itself balanced, so batches taken from its start see every
+        class. `n` at least the split's size returns the whole split in that interleaved order.
+        """
+        if len(self) == 0:
             return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        seen: dict[int, int] = {}
+        g = torch.Generator().manual_seed(seed)
+        classes = torch.unique(self.y)
+        class_pos = torch.empty(int(classes.max()) + 1, dtype=torch.long)
+        class_pos[classes] = torch.randperm(len(classes), generator=g)
+        order = torch.randperm(len(self), generator=g)  # a random order within each class
+        y = self.y[order]
         rank = torch.empty(len(self), dtype=torch.long)
-        for i in order.tolist():  # rank of each image within its class, in shuffled order
-            c = int(self.y[i])
-            rank[i], seen[c] = seen.get(c, 0), seen.get(c, 0) + 1
-        key = rank * len(self) + torch.argsort(order)  # by rank, then by shuffled position
-        idx = torch.argsort(key)[:n]
+        for c in classes:
+            members = (y == c).nonzero().flatten()
+            rank[members] = torch.arange(len(members))
+        key = rank * len(classes) + class_pos[y]  # round-robin over the classes, in a seeded class order
+        idx = order[torch.argsort(key)[: min(n, len(self))]]
         return Split(self.x[idx], self.y[idx])
 
 
@@ -84,6 +93,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def calibration(self, n: int, seed: int = SPLIT_SEED) -> Split:
+        """`n` training images drawn evenly across classes, seeded: what calibrates int8 (quantize, QAT),
+        estimates mean/std and scores pruning importance. Never the first `n` (folder order is by class)."""
+        return self.train.stratified(n, seed)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW to normalised float32."""
@@ -190,11 +204,34 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def _decode_folder(root: Path, classes: list[str], items: list[tuple[Path, int]]) -> Split:
+def _fit(im, size: tuple[int, int]):
+    """Resize `im` (aspect kept) until it covers `size` (width, height), then crop the centre to it."""
+    from PIL import Image
+
+    if im.size == size:
+        return im
+    w, h = im.size
+    scale = max(size[0] / w, size[1] / h)
+    im = im.resize((max(size[0], round(w * scale)), max(size[1], round(h * scale))), Image.BILINEAR)
+    left, top = (im.size[0] - size[0]) // 2, (im.size[1] - size[1]) // 2
+    return im.crop((left, top, left + size[0], top + size[1]))
+
+
+def _decode_folder(
+    items: list[tuple[Path, int]], image_size: tuple[int, int] | None = None, like: Split | None = None,
+    reference: Path | None = None,
+) -> Split:
+    """Decode images to one uint8 NCHW tensor (cached).
+
+    With `image_size` (height, width) every image is resized to cover it and centre-cropped;
+    without, every image must have the size (and colour mode) of `like`'s images, or of the first
+    image, else UserError names the first file that differs.
+    """
     from PIL import Image
 
     key = hashlib.sha256(
-        "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}:{c}" for p, c in items).encode()
+        ("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}:{c}" for p, c in items)
+         + f"\nsize={image_size}:like={None if like is None else tuple(like.x.shape[1:])}").encode()
     ).hexdigest()[:24]
     cache = _cache_dir() / f"imagefolder-{key}.npz"
     if cache.is_file():
@@ -203,19 +240,32 @@ def _decode_folder(root: Path, classes: list[str], items: list[tuple[Path, int]]
                 return Split(torch.from_numpy(z["x"]), torch.from_numpy(z["y"]))
         except (OSError, ValueError, KeyError):
             pass  # a broken cache is rebuilt below
-    arrays, size, mode = [], None, None
+    mode = size = None
+    if like is not None:
+        c, h, w = like.x.shape[1:]
+        mode, size = ("L" if c == 1 else "RGB"), (w, h)
+    if image_size is not None:
+        size = (image_size[1], image_size[0])
+    arrays = []
     for p, _ in items:
         try:
             with Image.open(p) as im:
                 im.load()
                 mode = mode or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
                 im = im.convert(mode)
-                size = size or im.size
-                if im.size != size:
-                    im = im.resize(size)
-                arrays.append(np.asarray(im, dtype=np.uint8))
+                if image_size is not None:
+                    im = _fit(im, size)
+                size, reference = size or im.size, reference or p
+                arrays.append(np.asarray(im, dtype=np.uint8) if im.size == size else None)
         except Exception as e:  # noqa: BLE001 - any decoding failure (bombs, bad chunks) is a broken user file
             raise UserError(f"{p}: not a readable image ({e.__class__.__name__}); remove or replace it") from None
+        if arrays[-1] is None:
+            first = f"the first image, {reference}, is" if reference else "the training images are"
+            raise UserError(
+                f"{p}: {im.size[0]}x{im.size[1]} pixels, but {first} {size[0]}x{size[1]}; images of a data set "
+                "need one size: set data.image_size (e.g. image_size: 32: each image resized to cover it, then "
+                "centre-cropped)"
+            )
     x = np.stack(arrays)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     y = np.array([c for _, c in items], dtype=np.int64)
@@ -228,7 +278,9 @@ def _decode_folder(root: Path, classes: list[str], items: list[tuple[Path, int]]
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
 
 
-def load_imagefolder(path: Path, val_fraction: float) -> tuple[Split, Split, Split, list[str]]:
+def load_imagefolder(
+    path: Path, val_fraction: float, image_size: tuple[int, int] | None = None
+) -> tuple[Split, Split, Split, list[str]]:
     """ImageFolder layout: PATH/train/<class>/*, PATH/test/<class>/* (PATH/val optional)."""
     for sub in ("train", "test"):
         if not (path / sub).is_dir():
@@ -237,11 +289,14 @@ def load_imagefolder(path: Path, val_fraction: float) -> tuple[Split, Split, Spl
     test_classes, test_items = _list_folder(path / "test")
     if test_classes != classes:
         raise UserError(f"{path}: train/ and test/ have different class folders; make them match")
-    train_all = _decode_folder(path / "train", classes, train_items)
-    test = _decode_folder(path / "test", classes, test_items)
+    train_all = _decode_folder(train_items, image_size)
+    first = None if image_size else train_items[0][0]
+    test = _decode_folder(test_items, image_size, like=train_all, reference=first)
     if (path / "val").is_dir():
-        _, val_items = _list_folder(path / "val")
-        return train_all, _decode_folder(path / "val", classes, val_items), test, classes
+        val_classes, val_items = _list_folder(path / "val")
+        if val_classes != classes:
+            raise UserError(f"{path}: train/ and val/ have different class folders; make them match")
+        return train_all, _decode_folder(val_items, image_size, like=train_all, reference=first), test, classes
     train, val = _split_off(train_all.x, train_all.y, val_fraction)
     return train, val, test, classes
 
@@ -291,20 +346,32 @@ def load_cifar10(path: Path, val_fraction: float) -> tuple[Split, Split, Split, 
 
 
 def load_data(
-    spec: str, val_fraction: float = 0.1, mean: list[float] | None = None, std: list[float] | None = None
+    spec: str, val_fraction: float = 0.1, mean: list[float] | None = None, std: list[float] | None = None,
+    image_size: int | list[int] | tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load a data spec; a missing or broken data set raises UserError naming the path."""
+    """Load a data spec; a missing or broken data set raises UserError naming the path.
+
+    `image_size` (an int or [height, width]) resizes every image of an image folder to cover it and
+    crops the centre; without it, images of another size than the first are an error.
+    """
+    size = None if image_size is None else tuple(image_size) if not isinstance(image_size, int) else (image_size,) * 2
     if spec == "mnist5k":
         train, val, test, classes = load_mnist5k(val_fraction)
         mean, std = mean or MNIST_MEAN, std or MNIST_STD
     elif spec.startswith("imagefolder:"):
-        train, val, test, classes = load_imagefolder(Path(spec[len("imagefolder:") :]).expanduser(), val_fraction)
+        train, val, test, classes = load_imagefolder(
+            Path(spec[len("imagefolder:") :]).expanduser(), val_fraction, size
+        )
     elif spec.startswith("cifar10:"):
         train, val, test, classes = load_cifar10(Path(spec[len("cifar10:") :]).expanduser(), val_fraction)
     else:
         raise UserError(f"data spec {spec!r} is unknown; use mnist5k, imagefolder:PATH or cifar10:PATH")
+    if size is not None and tuple(train.x.shape[2:]) != size:
+        h, w = train.x.shape[2:]
+        raise UserError(f"data.image_size: {spec} images are {w}x{h} and only image folders are resized; "
+                        f"remove data.image_size or set it to [{h}, {w}]")
     if mean is None or std is None:
-        pix = train.x[:5000].float() / 255.0
+        pix = train.stratified(5000).x.float() / 255.0
         mean = mean or pix.mean(dim=(0, 2, 3)).tolist()
         std = std or pix.std(dim=(0, 2, 3)).tolist()
     channels = train.x.shape[1]

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn.analysis.selection import pick_deployment
+from edgecnn.analysis.stats import classification_fields
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
-from edgecnn.devices.profiles import FORMAT_RUNTIMES, DeviceProfile, Transport, get_profile, transport_for
-from edgecnn.runtime.agent import model_size
+from edgecnn.devices.profiles import DeviceProfile, Transport, get_profile, transport_for
+from edgecnn.runtime.agent import FORMAT_RUNTIMES, MODEL_EXTENSIONS, model_size
 from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
 
 AGENT_TIMEOUT = 3600
-EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino", ".ts": "pytorch", ".torchscript": "pytorch"}
 PRECISION_TAGS = ("int8", "bf16", "fp16")  # model.<tag>.<ext>: the precision of a single deployed file
 STAGE_OF = {"teacher": "teacher", "student": "distill"}
 
@@ -100,10 +100,16 @@ def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
 
 def model_job(path: Path) -> Job:
     """A single model file (.onnx, .tflite, an OpenVINO .xml with its .bin, or TorchScript) as a job."""
-    fmt = EXTENSIONS.get(path.suffix.lower())
+    from edgecnn.models.files import is_torchscript
+
+    fmt = MODEL_EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(
             f"{path}: cannot deploy this format; give .onnx, .tflite, an OpenVINO .xml or a TorchScript .ts file"
+        )
+    if path.suffix.lower() == ".pt" and not is_torchscript(path):
+        raise UserError(
+            f"{path}: not a TorchScript file; deploy its exported .onnx, .tflite or OpenVINO .xml file (edgecnn export)"
         )
     tags = [t for t in PRECISION_TAGS if f".{t}." in path.name]
     base = {
@@ -166,6 +172,7 @@ def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> d
     return {
         **job.base,
         **dict.fromkeys(MEASURED),
+        **classification_fields(None, None),
         "runtime": runtime,
         "device": profile.name,
         "emulated": profile.emulated,

@@ -25,15 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecnn.core.errors import UserError
+from edgecnn.runtime.agent import FORMAT_RUNTIMES
 
-LOCAL_NAMES = ("local-cpu", "local-gpu", "rpi-emu")
-LOCAL_DEVICES = ("local-cpu", "local-gpu")  # the devices of this machine, where `compress` benchmarks
-FORMAT_RUNTIMES = {
-    "onnx": ("onnxruntime", "onnxruntime-cuda"),
-    "tflite": ("litert", "tflite-runtime"),
-    "pytorch": ("torch", "torch-cuda"),
-    "openvino": ("openvino",),
-}
+LOCAL_DEVICES = ("local-cpu", "local-gpu")  # the devices of this machine, where `compress` benchmarks and times
 RPI_EMU_BUILDER = "devices/build_rpi_emu.sh"
 SSH_CONNECT_ERRORS = (
     "connection refused",
@@ -393,11 +387,11 @@ def reachability(profile: DeviceProfile) -> str | None:
     return transport_for(profile).probe()
 
 
-def check_bench_device(device: str) -> None:
-    """Refuse a bench.device the pipeline cannot measure on here (checked before any stage runs)."""
+def check_local_device(device: str, field: str) -> None:
+    """Refuse a device that is not this machine's CPU or GPU where a recipe key (`field`) needs one."""
     if device not in LOCAL_DEVICES:
         raise UserError(
-            f"bench.device: {device!r} is not a local device; use local-cpu, "
+            f"{field}: {device!r} is not a local device; use local-cpu (or local-gpu), "
             "and `edgecnn deploy RUN --device NAME` for other devices"
         )
     if device == "local-gpu":
@@ -405,6 +399,5 @@ def check_bench_device(device: str) -> None:
 
         if not torch.cuda.is_available():
             raise UserError(
-                "bench.device: local-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
-                "use local-cpu"
+                f"{field}: local-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); use local-cpu"
             )

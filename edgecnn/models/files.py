@@ -31,8 +31,6 @@ from edgecnn.core.errors import UserError
 from edgecnn.models.zoo import ZOO
 
 FORMAT_TAG = "edgecnn-model/1"
-# zero-width layers from bad kwargs are reported by validate.check_forward in one line; torch's warning is noise
-warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
 
 
 @dataclass
@@ -103,6 +101,13 @@ def _load_class(spec: str) -> type:
 
 def build_model(info: ModelInfo) -> nn.Module:
     """Instantiate the architecture named by `info.spec` (no weights)."""
+    # zero-width layers from bad kwargs are reported by preflight.check_forward in one line; torch's warning is noise
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return _build(info)
+
+
+def _build(info: ModelInfo) -> nn.Module:
     spec, kwargs = info.spec, dict(info.kwargs)
     c, h, _ = info.input_shape
     try:

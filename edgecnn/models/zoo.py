@@ -1,10 +1,13 @@
-"""Small CNNs suited to edge targets: LeNet-5 for 28x28 digits, CIFAR ResNets, MobileNetV2-32."""
+"""Small CNNs suited to edge targets: LeNet-5 for 28x28 digits, CIFAR ResNets, MobileNetV2-32, and the
+detectors of zoo_detect.py."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from edgecnn.models.zoo_detect import DETECTORS
 
 
 class LeNet(nn.Module):
@@ -161,4 +164,5 @@ ZOO = {
     "lenet_small": _lenet_small,
     **{f"cifar_resnet{d}": _resnet(d) for d in (8, 14, 20, 26, 32, 44, 56)},
     "mobilenetv2_cifar": _mbv2,
+    **DETECTORS,
 }

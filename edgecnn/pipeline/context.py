@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import Dataset, load_data
+from edgecnn.data.identity import data_sha256
 
 
 @dataclass
@@ -27,20 +27,14 @@ class Context:
     def data(self) -> Dataset:
         if self._data is None:
             d = self.recipe.data
-            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std)
+            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std, d.image_size)
         return self._data
 
     @property
     def data_sha256(self) -> str:
         """A hash of the decoded data (every split's images and labels) and its normalisation."""
         if self._data_sha256 is None:
-            d, h = self.data, hashlib.sha256()
-            for split in (d.train, d.val, d.test):
-                for t in (split.x, split.y):
-                    h.update(str((t.dtype, tuple(t.shape))).encode())
-                    h.update(t.contiguous().numpy().tobytes())
-            h.update(repr((d.mean, d.std, d.classes)).encode())
-            self._data_sha256 = h.hexdigest()
+            self._data_sha256 = data_sha256(self.data)
         return self._data_sha256
 
     @property
@@ -63,11 +57,20 @@ class Context:
         raise UserError("no model to compress: the recipe needs a teacher or a student")
 
 
+DATA_IDENTITY = ("spec", "val_fraction", "mean", "std", "image_size")
+"""The `data` keys that decide what the images and their normalisation are: every stage reads them."""
+
+
 class Stage:
-    """A pipeline stage: a config slice, the stages it reads, and `run` producing files + result."""
+    """A pipeline stage: a config slice, the stages it reads, and `run` producing files + result.
+
+    `data_reads` names the other `data` keys the stage uses (augment, eval_samples, calib_samples),
+    so changing one redoes only the stages that read it.
+    """
 
     name: str = ""
     reads: tuple[str, ...] = ()
+    data_reads: tuple[str, ...] = ()
 
     def enabled(self, recipe: Recipe) -> bool:
         return True
@@ -75,6 +78,11 @@ class Stage:
     def config(self, recipe: Recipe) -> Any:
         """The part of the recipe this stage's output depends on (hashed into its key)."""
         return recipe_dict(recipe).get(self.name)
+
+    def data_config(self, recipe: Recipe) -> dict:
+        """The part of the `data` section this stage's output depends on (hashed into its key)."""
+        data = recipe_dict(recipe)["data"]
+        return {k: data[k] for k in (*DATA_IDENTITY, *self.data_reads)}
 
     def run(self, ctx: Context, out: Path) -> dict:
         """Write this stage's artifacts into `out` and return its result record."""

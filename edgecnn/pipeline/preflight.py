@@ -17,13 +17,16 @@ def preflight(ctx: Context) -> None:
     The stages load the same things the same way later; doing it first means bad input never
     costs a training run, and nothing in an existing run directory is touched before it is found.
     """
-    from edgecnn.devices.profiles import check_bench_device
+    from edgecnn.devices.profiles import check_local_device
     from edgecnn.models.files import build_model, load_weights
     from edgecnn.models.user import data_model_info, load_user_model
+    from edgecnn.pipeline.stages.common import decision_split
 
     recipe = ctx.recipe
-    check_bench_device(recipe.bench.device)
+    check_local_device(recipe.bench.device, "bench.device")
     data = ctx.data
+    if recipe.export is not None and recipe.export.formats:
+        decision_split(ctx)  # the export and quantize gates need validation images
     t = recipe.teacher
     teacher = None
     if t.model or t.weights:

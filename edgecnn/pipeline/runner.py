@@ -2,10 +2,11 @@
 
 Each stage runs into a hidden temporary folder; only when it has finished are its outputs hashed
 into a manifest and the folder renamed into place, so a stage folder is either complete or
-absent, whatever kills the process. A stage's key hashes its config, the seed, the data (spec and
-content), the fingerprints (key + output hashes) of the stages it reads and the library versions;
-`--resume` reuses a finished stage whose key is unchanged and whose outputs still match their
-hashes, and redoes it and everything after it otherwise.
+absent, whatever kills the process. A stage's key hashes its config, the seed, the `data` keys it
+reads (Stage.data_config) and the decoded data's content, the fingerprints (key + output hashes)
+of the stages it reads and the library versions; `--resume` reuses a finished stage whose key is
+unchanged and whose outputs still match their hashes, and redoes it and everything after it
+otherwise.
 
 Before anything in the run directory is touched, `open_run` checks every input the recipe names
 (data, models, weights) so bad input fails fast and leaves an existing run as it was; it then
@@ -23,7 +24,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgecnn.config.recipe import recipe_dict
 from edgecnn.core.artifacts import (
     disk_guard,
     json_sha256,
@@ -53,7 +53,7 @@ def stage_key(stage: Stage, ctx: Context) -> dict:
         "stage": stage.name,
         "config": stage.config(recipe),
         "seed": recipe.seed,
-        "data": recipe_dict(recipe)["data"],
+        "data": stage.data_config(recipe),
         "data_sha256": ctx.data_sha256,
         "inputs": inputs,
         "versions": _versions(),

@@ -7,7 +7,10 @@ with hard links of its parent group's finished stage folders; the finished folde
 into every member's RUN/variants/<name>/, where the pipeline's `--resume` logic reuses them (their
 keys match: a stage key hashes config, seed, data and its inputs' manifests, never the folder).
 A variant whose report.json already holds its resolved recipe is finished and is not run again,
-so an interrupted sweep resumes where it stopped.
+so an interrupted sweep resumes where it stopped. Stages that time models (TIMED_STAGES) start only
+once every variant's training stages are done, and each timing leases its own CPU
+(edgecnn.runtime.host.cpu_lease), so no two concurrent timings share a core and none runs beside a
+training run.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgecnn.config.recipe import PATH_KEYS, Recipe, _absolutize, _format_validation, recipe_dict
+from edgecnn.config.recipe import Recipe, recipe_dict, set_dotted, validation_message
 from edgecnn.core.artifacts import json_sha256, outputs_intact, read_manifest, run_lock
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import log
+
+TIMED_STAGES = ("quantize", "bench")
+"""Stages that time models (with the agent, on leased CPUs): a sweep starts them only once every variant's
+training stages are done, so no timing shares the machine with a training run."""
 
 
 @dataclass
@@ -52,20 +59,6 @@ class SharedJob:
     members: list[str]
     parent: Path | None
     recipe: Recipe
-
-
-def _set_dotted(raw: dict, key: str, value: Any, base: Path) -> None:
-    parts = [p for p in key.split(".") if p]
-    node = raw
-    for p in parts[:-1]:
-        if node.get(p) is None:
-            node[p] = {}
-        if not isinstance(node[p], dict):
-            raise UserError(f"sweep: {key}: {p!r} is not a section")
-        node = node[p]
-    if (parts[0], parts[-1]) in PATH_KEYS | {("data", "spec")} and isinstance(value, str):
-        value = _absolutize(value, base)
-    node[parts[-1]] = value
 
 
 def _short(value: Any) -> str:
@@ -106,34 +99,38 @@ def plan_variants(recipe: Recipe, base: Path) -> list[Variant]:
         seen[name] = assignments
         raw = json.loads(json.dumps(resolved))
         for k, v in assignments.items():
-            _set_dotted(raw, k, v, base)
+            set_dotted(raw, k, v, base, "sweep:")
         raw["name"] = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) else recipe.name
         try:
             rec = Recipe.model_validate(raw)
         except ValidationError as e:
-            raise UserError(_format_validation(e, f"sweep variant {name}")) from None
+            raise UserError(validation_message(e, f"sweep variant {name}")) from None
         variants.append(Variant(name, assignments, rec))
     return variants
 
 
 def _prefix_signature(recipe: Recipe, k: int) -> str:
-    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.stages.registry import default_stages
 
-    r = recipe_dict(recipe)
-    parts: list[Any] = [recipe.seed, r["data"]]
-    for s in STAGES[: k + 1]:
+    parts: list[Any] = [recipe.seed]
+    for s in default_stages()[: k + 1]:
         on = s.enabled(recipe)
-        parts.append([s.name, on, s.config(recipe) if on else None])
+        parts.append([s.name, on, [s.config(recipe), s.data_config(recipe)] if on else None])
     return json_sha256(parts)
 
 
-def plan_shared(variants: list[Variant], run_dir: Path) -> list[list[SharedJob]]:
-    """Shared prefix jobs, level by level (teacher, distill, ...): groups of >= 2 variants agreeing so far."""
-    from edgecnn.pipeline.stages import STAGES
+def plan_shared(variants: list[Variant], run_dir: Path, upto: int | None = None) -> list[list[SharedJob]]:
+    """Shared prefix jobs, level by level (teacher, distill, ...): groups of >= 2 variants agreeing so far.
 
+    Only stages before `upto` are shared (by default every stage but bench); a sweep shares only its
+    untimed stages, so shared jobs never time a model while others train.
+    """
+    from edgecnn.pipeline.stages.registry import default_stages
+
+    stages = default_stages()
     levels: list[list[SharedJob]] = []
     latest: dict[str, SharedJob] = {}
-    for k, stage in enumerate(STAGES[:-1]):  # the bench stage (and report) belongs to each variant
+    for k, stage in enumerate(stages[: len(stages) - 1 if upto is None else upto]):
         groups: dict[str, list[Variant]] = {}
         for v in variants:
             groups.setdefault(_prefix_signature(v.recipe, k), []).append(v)
@@ -221,11 +218,17 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_job(recipe_json: dict, run_dir: str, upto: int | None, threads: int | None = None) -> dict:
-    """Run stages 0..upto-1 (a shared prefix) or the whole pipeline and report (upto None) in `run_dir`."""
+def run_job(recipe_json: dict, run_dir: str, upto: int | None, threads: int | None = None,
+            earlier: dict[str, str] | None = None) -> dict:
+    """Run stages 0..upto-1 (a shared prefix) or the whole pipeline and report (upto None) in `run_dir`.
+
+    `earlier`: the status of an earlier job of this variant in the same sweep (its untimed stages), so
+    stages that job ran are reported as ran, not reused.
+    """
     from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.run_report import write_run_report
     from edgecnn.pipeline.runner import open_run, run_stages
-    from edgecnn.pipeline.stages import STAGES
+    from edgecnn.pipeline.stages.registry import default_stages
 
     if threads:
         import torch
@@ -235,29 +238,19 @@ def run_job(recipe_json: dict, run_dir: str, upto: int | None, threads: int | No
     ctx = Context(rec, Path(run_dir))
     t0 = time.perf_counter()
     if upto is not None:
-        status = run_stages(STAGES[:upto], ctx, resume=True)
+        status = run_stages(default_stages()[:upto], ctx, resume=True)
         return {"status": status, "wall_s": round(time.perf_counter() - t0, 3)}
     with open_run(ctx):
-        status = run_stages(STAGES, ctx, resume=True)
+        status = run_stages(default_stages(), ctx, resume=True)
+        status = {s: "ran" if st == "reused" and (earlier or {}).get(s) == "ran" else st for s, st in status.items()}
         write_run_report(ctx, status)
     return {"status": status, "wall_s": round(time.perf_counter() - t0, 3)}
-
-
-def write_run_report(ctx, status: dict[str, str]) -> dict:
-    """report.json/.md/.png of a finished run, with the evaluation split's identity recorded."""
-    from edgecnn.analysis.compare import eval_identity
-    from edgecnn.analysis.report import build_report, write_report
-
-    data = {**ctx.data.describe(), "eval": eval_identity(ctx.data, ctx.recipe.data.eval_samples)}
-    report = build_report(recipe_dict(ctx.recipe), ctx.results, status, data)
-    write_report(ctx.run_dir, report)
-    return report
 
 
 # ---- backends ------------------------------------------------------------------------------------
 
 
-Job = tuple[str, dict, str, int | None]  # label, recipe json, run dir, upto
+Job = tuple[str, dict, str, int | None, dict | None]  # label, recipe json, run dir, upto, earlier status
 
 
 class PoolBackend:
@@ -275,7 +268,8 @@ class PoolBackend:
     def run(self, jobs: list[Job], done: Callable[[str, dict | None, BaseException | None], None]) -> None:
         from concurrent.futures import as_completed
 
-        futures = {self._pool.submit(run_job, rj, rd, upto, self.threads): label for label, rj, rd, upto in jobs}
+        futures = {self._pool.submit(run_job, rj, rd, upto, self.threads, earlier): label
+                   for label, rj, rd, upto, earlier in jobs}
         for f in as_completed(futures):
             exc = f.exception()
             done(futures[f], None if exc else f.result(), exc)
@@ -311,7 +305,7 @@ class RayBackend:
         self._remote = ray.remote(num_cpus=1)(run_job)
 
     def run(self, jobs: list[Job], done: Callable[[str, dict | None, BaseException | None], None]) -> None:
-        pending = {self._remote.remote(rj, rd, upto, 1): label for label, rj, rd, upto in jobs}
+        pending = {self._remote.remote(rj, rd, upto, 1, earlier): label for label, rj, rd, upto, earlier in jobs}
         while pending:
             ready, _ = self.ray.wait(list(pending), num_returns=1)
             label = pending.pop(ready[0])
@@ -334,8 +328,10 @@ def run_sweep(recipe: Recipe, base: Path, run_dir: Path, force: bool = False, wo
     """Run every variant of `recipe` into run_dir/variants/<name>/, then compare them; returns sweep.json's content."""
     from edgecnn.analysis.compare import compare_runs
     from edgecnn.core.artifacts import atomic_write_json
+    from edgecnn.pipeline.stages.registry import default_stages
 
     variants = plan_variants(recipe, base)
+    timed_from = next(i for i, s in enumerate(default_stages()) if s.name in TIMED_STAGES)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with run_lock(run_dir):
@@ -351,7 +347,7 @@ def run_sweep(recipe: Recipe, base: Path, run_dir: Path, force: bool = False, wo
             else:
                 todo.append(v)
         n = workers or recipe.sweep.workers or min(len(todo) or 1, os.cpu_count() or 1)
-        levels = plan_shared(todo, run_dir)
+        levels = plan_shared(todo, run_dir, timed_from)
         errors: list[tuple[str, BaseException]] = []
         if todo:
             backend = RayBackend(ray_address, n) if ray_address else PoolBackend(n)
@@ -364,18 +360,26 @@ def run_sweep(recipe: Recipe, base: Path, run_dir: Path, force: bool = False, wo
                         if j.parent is not None:
                             link_stages(j.parent, j.folder)
                         batch.append((f"shared {j.folder.name} ({', '.join(j.members)})", recipe_dict(j.recipe),
-                                      str(j.folder), j.upto))
+                                      str(j.folder), j.upto, None))
                     _run_batch(backend, batch, errors, {})
                     if errors:
                         break
                 if not errors:
-                    batch = []
+                    untimed = []
                     for v in todo:
                         vdir = run_dir / "variants" / v.name
                         if v.shared_from is not None:
                             link_stages(v.shared_from, vdir)
-                        batch.append((v.name, recipe_dict(v.recipe), str(vdir), None))
-                    _run_batch(backend, batch, errors, {v.name: v for v in todo})
+                        untimed.append((f"{v.name} (untimed stages)", recipe_dict(v.recipe), str(vdir), timed_from,
+                                        None))
+                    first = _run_batch(backend, untimed, errors, {})
+                    if not errors:
+                        timed = [(v.name, rj, vdir, None, first[label]["status"])
+                                 for v, (label, rj, vdir, *_) in zip(todo, untimed, strict=True)]
+                        _run_batch(backend, timed, errors, {v.name: v for v in todo})
+                        for v, (label, *_) in zip(todo, untimed, strict=True):
+                            if v.wall_s is not None:
+                                v.wall_s = round(v.wall_s + first[label]["wall_s"], 3)
             finally:
                 backend.close()
         done = [v for v in variants if v.status in ("ran", "finished earlier")]
@@ -387,6 +391,8 @@ def run_sweep(recipe: Recipe, base: Path, run_dir: Path, force: bool = False, wo
             "variants": [{"name": v.name, "set": v.assignments, "status": v.status, "wall_s": v.wall_s,
                           "shared_from": v.shared_from and str(v.shared_from.relative_to(run_dir)),
                           "path": f"variants/{v.name}"} for v in variants],
+            "timing": "timed stages (" + ", ".join(TIMED_STAGES) + ") start after every variant's training stages; "
+                      "each timing runs on CPUs leased for it alone",
             "shared": [{"folder": str(j.folder.relative_to(run_dir)), "stages_upto": j.upto, "members": j.members}
                        for jobs in levels for j in jobs],
         }
@@ -400,12 +406,16 @@ def run_sweep(recipe: Recipe, base: Path, run_dir: Path, force: bool = False, wo
     return summary
 
 
-def _run_batch(backend, batch: list[Job], errors: list, variants: dict[str, Variant]) -> None:
+def _run_batch(backend, batch: list[Job], errors: list, variants: dict[str, Variant]) -> dict[str, dict]:
+    """Run one batch of jobs in parallel; returns each finished job's result (status, wall_s) by label."""
+    results: dict[str, dict] = {}
+
     def done(label: str, result: dict | None, exc: BaseException | None) -> None:
         if exc is not None:
             errors.append((label, exc))
             log(f"[red]{label}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}[/red]")
             return
+        results[label] = result
         if label in variants:
             variants[label].status, variants[label].wall_s = "ran", result["wall_s"]
         ran = [s for s, st in result["status"].items() if st == "ran"]
@@ -413,3 +423,4 @@ def _run_batch(backend, batch: list[Job], errors: list, variants: dict[str, Vari
 
     if batch:
         backend.run(batch, done)
+    return results

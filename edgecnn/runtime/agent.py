@@ -27,6 +27,22 @@ import numpy as np
 AGENT_VERSION = 3
 WARMUP_SECONDS = 0.2
 
+# The one table of model formats and runtimes. The agent is copied alone to devices, so the table
+# lives here and the rest of edgecnn imports it from this file.
+FORMAT_RUNTIMES = {
+    "onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt"),
+    "tflite": ("litert", "tflite-runtime"),
+    "pytorch": ("torch", "torch-cuda"),
+    "openvino": ("openvino",),
+}
+MODEL_EXTENSIONS = {  # an OpenVINO IR is its .xml, with the .bin beside it
+    ".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino", ".ts": "pytorch", ".torchscript": "pytorch",
+    ".pt": "pytorch",
+}
+# what "auto" picks on a desktop CPU
+CPU_RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino", "pytorch": "torch"}
+GPU_RUNTIMES = {"onnx": "onnxruntime-cuda", "pytorch": "torch-cuda"}  # local-gpu; TFLite has no desktop GPU path
+
 
 def _rss_mb() -> float:
     """Current resident memory of this process in MB (Linux /proc; peak RSS elsewhere)."""
@@ -51,7 +67,7 @@ def _peak_mb() -> float:
 
 
 class OnnxRuntime:
-    """ONNX Runtime on CPU (or CUDA / TensorRT providers when asked and installed)."""
+    """ONNX Runtime on CPU (or CUDA / TensorRT providers when asked: then on them, or an error, never the CPU)."""
 
     def __init__(self, path: str, threads: int, providers: list[str] | None = None):
         import onnxruntime as ort
@@ -62,7 +78,20 @@ class OnnxRuntime:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
         wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        accelerators = [p for p in providers or () if p != "CPUExecutionProvider"]
+        if accelerators and wanted[0] not in accelerators:
+            raise RuntimeError(
+                f"{' or '.join(accelerators)} is not available in onnxruntime {ort.__version__} (it has "
+                f"{', '.join(available)}), so the model would run on the CPU; install onnxruntime-gpu or bench on "
+                "local-cpu"
+            )
         self.session = ort.InferenceSession(path, opts, providers=wanted)
+        ran = self.session.get_providers()
+        if accelerators and ran[0] not in accelerators:
+            raise RuntimeError(
+                f"onnxruntime could not start {accelerators[0]} and fell back to {ran[0]}: refusing to time CPU "
+                "numbers as GPU numbers; check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+            )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -130,6 +159,9 @@ class TorchScript:
         import torch
 
         torch.set_num_threads(threads)
+        if cuda and not torch.cuda.is_available():
+            raise RuntimeError("torch-cuda: torch sees no CUDA device, so the model would run on the CPU; "
+                               "bench on local-cpu")
         self.torch = torch
         self.device = "cuda" if cuda else "cpu"
         self.model = torch.jit.load(path, map_location=self.device).eval()
@@ -191,19 +223,20 @@ class OpenVINO:
 def open_runtime(path: str, threads: int, runtime: str = "auto"):
     """The runtime adapter for a model file, by its extension (and `runtime` preference)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".onnx":
+    fmt = MODEL_EXTENSIONS.get(ext)
+    if fmt == "onnx":
         providers = {
             "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
             "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
         }.get(runtime)
         return OnnxRuntime(path, threads, providers)
-    if ext == ".tflite":
-        return LiteRT(path, threads, runtime if runtime in ("litert", "tflite-runtime") else "auto")
-    if ext in (".ts", ".pt", ".torchscript"):
+    if fmt == "tflite":
+        return LiteRT(path, threads, runtime if runtime in FORMAT_RUNTIMES["tflite"] else "auto")
+    if fmt == "pytorch":
         return TorchScript(path, threads, cuda=runtime == "torch-cuda")
-    if ext == ".xml":
+    if fmt == "openvino":
         return OpenVINO(path, threads)
-    raise ValueError(f"{path}: unknown model format {ext!r}; expected .onnx, .tflite, .xml (OpenVINO) or .ts")
+    raise ValueError(f"{path}: unknown model format {ext!r}; expected {', '.join(MODEL_EXTENSIONS)}")
 
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -265,14 +298,22 @@ def measure_latency(
     }
 
 
-def pin_to_one_cpu() -> int | None:
-    """Pin this process to the last CPU it may use (no migrations between timed runs); None if it cannot."""
+def pin_to_cpus(cpus: list[int] | None = None) -> list[int] | None:
+    """Pin this process to `cpus` (the host's lease, --cpu), or without them to the last CPU it may use.
+
+    No migrations between timed runs; returns the CPUs the process now runs on, None if it cannot pin.
+    """
     try:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) > 1:
-            os.sched_setaffinity(0, {cpus[-1]})
-        return cpus[-1]
+        allowed = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
+        return None
+    target = sorted(set(cpus)) if cpus else allowed[-1:]
+    if not set(target) <= set(allowed):
+        raise ValueError(f"--cpu {','.join(map(str, target))}: not among this process's CPUs {allowed}")
+    try:
+        os.sched_setaffinity(0, set(target))
+        return sorted(os.sched_getaffinity(0))
+    except OSError:
         return None
 
 
@@ -294,13 +335,15 @@ def run(
     min_seconds: float = 1.0,
     logits_out: str | None = None,
     pin: bool = True,
+    cpus: list[int] | None = None,
 ) -> dict:
     """Benchmark one model file on one evaluation batch; returns the JSON-able result.
 
-    With one thread (and `pin`) the process is pinned to one CPU first, which steadies latency.
+    With `cpus` (leased by the host) the process runs on those CPUs only; without, a one-thread run
+    (with `pin`) is pinned to the last CPU it may use. Pinning steadies latency.
     """
-    threads = threads or (os.cpu_count() or 1)
-    pinned_cpu = pin_to_one_cpu() if pin and threads == 1 else None
+    threads = threads or len(cpus or ()) or (os.cpu_count() or 1)
+    pinned = pin_to_cpus(cpus) if pin and (cpus or threads == 1) else None
     with np.load(data) as z:
         x, y, mean, std = z["x"], z["y"], z["mean"].astype(np.float32), z["std"].astype(np.float32)
     base = _rss_mb()
@@ -322,7 +365,8 @@ def run(
         "inference_precision": rt.precision,
         "providers": rt.providers,
         "threads": threads,
-        "pinned_cpu": pinned_cpu,
+        "pinned_cpu": pinned[0] if pinned and len(pinned) == 1 else None,
+        "cpus": pinned,
         "batch_size": 1,
         "accuracy": acc,
         "eval_samples": int(len(y)),
@@ -387,27 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--runtime",
         default="auto",
-        choices=[
-            "auto",
-            "onnxruntime",
-            "onnxruntime-cuda",
-            "onnxruntime-tensorrt",
-            "litert",
-            "tflite-runtime",
-            "torch",
-            "torch-cuda",
-            "openvino",
-        ],
+        choices=["auto", *(rt for rts in FORMAT_RUNTIMES.values() for rt in rts)],
     )
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--min-iters", type=int, default=50)
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--logits-out")
     ap.add_argument("--no-pin", action="store_true", help="Do not pin a one-thread run to one CPU.")
+    ap.add_argument("--cpu", help="Run on these CPUs only (e.g. 3 or 2,3): the host's lease, so timings never share "
+                    "a core.")
     a = ap.parse_args(argv)
     try:
+        cpus = [int(c) for c in a.cpu.split(",")] if a.cpu else None
         result = run(
-            a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out, not a.no_pin
+            a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out, not a.no_pin,
+            cpus,
         )
     except ImportError as e:
         print(json.dumps({"error": f"no runtime for {a.model}: {e}"}))

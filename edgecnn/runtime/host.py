@@ -1,21 +1,31 @@
-"""Host-side runtime helpers: evaluation batches, the agent run locally, and parity checks.
+"""Host-side runtime helpers: evaluation batches, the agent run locally, CPU leases and parity checks.
 
 Accuracy and latency of every file are measured by `edgecnn/runtime/agent.py`, the same file that runs
 on remote devices; locally it runs in its own process so peak memory is the inference process's.
+Every local timing first leases its CPUs (`cpu_lease`: one lock file per CPU, held with flock, so
+concurrent edgecnn processes of this user respect it) and pins the agent to them, so no two
+concurrent timings share a core.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecnn.analysis.stats import classification_fields
 from edgecnn.core.artifacts import atomic_path, atomic_write_bytes
 from edgecnn.core.errors import StageFailed
 from edgecnn.data.datasets import Dataset, Split
@@ -25,13 +35,13 @@ AGENT_PATH = Path(agent.__file__)
 
 
 MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "inference_precision",
-            "threads", "batch_size")
+            "providers", "threads", "cpus", "batch_size")
 """The fields of an agent's result that a report entry takes over as they are."""
 
 
 def measured(m: dict) -> dict:
-    """The report fields of one agent result (see MEASURED)."""
-    return {k: m[k] for k in MEASURED}
+    """The report fields of one agent result (see MEASURED), with its task, score and metrics (95% interval)."""
+    return {**{k: m.get(k) for k in MEASURED}, **classification_fields(m["accuracy"], m["eval_samples"])}
 
 
 def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
@@ -58,6 +68,85 @@ def save_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path)
         atomic_write_bytes(path, torch_bytes(lambda f: torch.jit.save(traced, f)))
 
 
+def _lease_dir() -> Path:
+    """Where the CPU lock files live: $EDGECNN_CPU_LEASES, else one folder per user in the temp dir."""
+    d = Path(os.environ.get("EDGECNN_CPU_LEASES") or Path(tempfile.gettempdir()) / f"edgecnn-cpus-{os.getuid()}")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (empty where the OS cannot say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+
+
+@contextlib.contextmanager
+def cpu_lease(count: int = 1, timeout: float = 3600.0) -> Iterator[list[int]]:
+    """Hold `count` of this process's CPUs that no other edgecnn timing holds, for the `with` block.
+
+    One lock file per CPU, locked with flock (released by the kernel if the holder dies). The last
+    CPUs are tried first; when too few are free the partial lease is dropped and retried, so two
+    waiting leases never deadlock. Yields the CPU numbers ([] where affinity is unknown).
+    """
+    cpus = allowed_cpus()
+    if not cpus:
+        yield []
+        return
+    count = max(1, min(count, len(cpus)))
+    folder = _lease_dir()
+    deadline = time.monotonic() + timeout
+    held: list[tuple[int, int]] = []
+    try:
+        while True:
+            for cpu in reversed(cpus):
+                if len(held) == count:
+                    break
+                fd = os.open(folder / f"cpu{cpu}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append((cpu, fd))
+                except OSError:
+                    os.close(fd)
+            if len(held) == count:
+                break
+            _release(held)
+            if time.monotonic() > deadline:
+                raise StageFailed(f"no free CPU to time on for {timeout:.0f} s: other edgecnn timings hold "
+                                  f"CPUs {cpus} (lock files in {folder})")
+            time.sleep(0.05)
+        yield sorted(cpu for cpu, _ in held)
+    finally:
+        _release(held)
+
+
+@contextlib.contextmanager
+def pinned_thread(cpus: list[int]) -> Iterator[None]:
+    """Run the calling thread on `cpus` for the `with` block (in-process timing on a leased CPU), then restore it."""
+    before = allowed_cpus()
+    try:
+        if cpus:
+            os.sched_setaffinity(0, set(cpus))
+    except OSError:
+        before = []
+    try:
+        yield
+    finally:
+        if before and cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, set(before))
+
+
+def _release(held: list[tuple[int, int]]) -> None:
+    for _, fd in held:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    held.clear()
+
+
 def run_agent_local(
     model: Path,
     npz: Path,
@@ -70,7 +159,7 @@ def run_agent_local(
     logits_out: Path | None = None,
     timeout: float = 1800,
 ) -> dict:
-    """Run the agent on this machine in a fresh process and return its JSON."""
+    """Run the agent on this machine in a fresh process, on CPUs leased for it (`cpu_lease`), and return its JSON."""
     cmd = [
         sys.executable,
         str(AGENT_PATH),
@@ -91,7 +180,10 @@ def run_agent_local(
     ]
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    with cpu_lease(threads if threads > 0 else len(allowed_cpus()) or 1) as cpus:
+        if cpus:
+            cmd += ["--cpu", ",".join(map(str, cpus))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     try:
         result = json.loads(lines[-1])

@@ -3,7 +3,7 @@
 PyTorch models are traced to TorchScript for the agent; ONNX, TFLite and OpenVINO files run in their
 own runtimes. Each model runs in its own process, so its peak memory is its own. Of the exported
 files (every runtime and precision), the one marked `deploy` is the fastest here whose decision
-score (export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch
+score (validation accuracy, export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch's
 (analysis/selection.py); the stage's `deployment` lists every candidate and says why it won.
 """
 
@@ -13,16 +13,16 @@ from pathlib import Path
 
 from edgecnn.analysis.selection import pick_deployment
 from edgecnn.config.recipe import QuantizeConfig, Recipe, recipe_dict
+from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import progress_bar
-from edgecnn.devices.profiles import check_bench_device
+from edgecnn.devices.profiles import check_local_device
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
-from edgecnn.runtime.agent import model_size
+from edgecnn.runtime.agent import GPU_RUNTIMES, model_size
 from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
 
-# local-gpu: TorchScript on PyTorch CUDA, ONNX on ONNX Runtime's CUDA provider; TFLite has no desktop GPU path
-GPU_RUNTIMES = {"pytorch": "torch-cuda", "onnx": "onnxruntime-cuda"}
+GPU_PROVIDERS = ("cuda", "CUDAExecutionProvider", "TensorrtExecutionProvider")  # what the agent reports on a GPU
 
 
 def candidates(ctx: Context) -> list[dict]:
@@ -61,19 +61,19 @@ def candidates(ctx: Context) -> list[dict]:
                     "params": src.get("params"),
                     "macs": src.get("macs"),
                     "parity": f["parity"],
-                    "decision_score": f.get("accuracy"),
+                    "decision_score": f.get("val_accuracy"),
                 }
             )
     return out
 
 
 def reference_score(ctx: Context) -> float | None:
-    """fp32 PyTorch's decision score of the exported model (what the budget is measured against)."""
+    """fp32 PyTorch's decision score (validation split) of the exported model: what the budget is measured against."""
     export = ctx.results.get("export") or {}
-    if "reference_accuracy" in export:
-        return export["reference_accuracy"]
+    if "reference_val_accuracy" in export:
+        return export["reference_val_accuracy"]
     files = (ctx.results.get("quantize") or {}).get("files", {}).values()  # a run exported before the field
-    return next((f["reference_accuracy"] for f in files if "reference_accuracy" in f), None)
+    return next((f["reference_val_accuracy"] for f in files if "reference_val_accuracy" in f), None)
 
 
 def deployment(ctx: Context, models: list[dict]) -> dict | None:
@@ -91,13 +91,14 @@ def deployment(ctx: Context, models: list[dict]) -> dict | None:
 class BenchStage(Stage):
     name = "bench"
     reads = ("teacher", "distill", "prune", "export", "quantize")
+    data_reads = ("eval_samples",)
 
     def config(self, recipe: Recipe) -> dict:
-        return {"bench": recipe_dict(recipe)["bench"], "eval_samples": recipe.data.eval_samples}
+        return recipe_dict(recipe)["bench"]
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench
-        check_bench_device(cfg.device)
+        check_local_device(cfg.device, "bench.device")
         npz = out / "eval.npz"
         write_eval_npz(ctx.data, eval_split(ctx), npz)
         models = []
@@ -125,6 +126,11 @@ class BenchStage(Stage):
             min_iters=cfg.min_iters,
             min_seconds=cfg.min_seconds,
         )
+        if cfg.device == "local-gpu" and not any(p in GPU_PROVIDERS for p in (m.get("providers") or [])[:1]):
+            raise StageFailed(
+                f"{target.name}: the agent ran on {(m.get('providers') or ['an unknown provider'])[0]}, not a GPU; "
+                "refusing to report CPU numbers as local-gpu numbers"
+            )
         return {
             "name": c["name"],
             "format": c["format"],

@@ -1,4 +1,8 @@
-"""Helpers the stages share: loading earlier stages' models and measuring PyTorch accuracy."""
+"""Helpers the stages share: loading earlier stages' models, the decision and test splits, PyTorch accuracy.
+
+Choices are made on the validation split (`decision_split`); reported figures use the test split
+(`eval_split`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.core.artifacts import file_sha256
+from edgecnn.core.errors import UserError
+from edgecnn.data.datasets import Split
 from edgecnn.models.files import ModelInfo, count_macs_params, load_model_file, load_torchscript
 from edgecnn.pipeline.context import Context
 
@@ -29,9 +35,23 @@ def load_stage_model(ctx: Context, stage: str) -> tuple[nn.Module, ModelInfo | N
     return load_model_file(ctx.stage_dir(stage) / r["model_file"])
 
 
-def eval_split(ctx: Context):
-    """The evaluation split: the test split, limited by data.eval_samples."""
+DECISION_SPLIT = "val"
+"""The split every choice is scored on (int8 candidate, accuracy and parity gates, QAT, deploy)."""
+
+
+def eval_split(ctx: Context) -> Split:
+    """The split of every reported figure: the test split, limited by data.eval_samples."""
     return ctx.data.test.head(ctx.recipe.data.eval_samples)
+
+
+def decision_split(ctx: Context) -> Split:
+    """The split every choice is scored on: the validation split (never the test split)."""
+    if len(ctx.data.val) == 0:
+        raise UserError(
+            f"data: {ctx.recipe.data.spec} has no validation images (data.val_fraction is 0 and there is no val/ "
+            "folder), and export and quantize decide on validation data; set data.val_fraction (e.g. 0.1)"
+        )
+    return ctx.data.val
 
 
 def measure_torch(ctx: Context, model: nn.Module) -> dict:

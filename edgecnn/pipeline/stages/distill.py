@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.compress.train import fit
+from edgecnn.compression.train import fit
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.models.files import build_model, load_weights, save_model
 from edgecnn.pipeline.context import Context, Stage
@@ -15,6 +15,7 @@ from edgecnn.pipeline.stages.teacher import model_info
 class DistillStage(Stage):
     name = "distill"
     reads = ("teacher",)
+    data_reads = ("augment", "eval_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.student is not None and recipe.student.model is not None

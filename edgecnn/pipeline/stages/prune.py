@@ -1,10 +1,12 @@
-"""Prune: remove channels for real (edgecnn.compress.pruning on Torch-Pruning's dependency graph), then fine-tune.
+"""Prune: remove channels for real (edgecnn.compression.pruning on Torch-Pruning's dependency graph), then fine-tune.
 
 The target is a channel ratio, a MAC reduction (`2` for 2x fewer MACs), a parameter budget or a
 latency budget (batch-1 p50 on `latency_device`, timed with the benchmark agent's loop while
 searching); MAC, parameter and latency targets are met by bisecting the channel ratio on copies of
 the model. Pruning runs in `iterative_steps` steps with fine-tuning between them, distilling from
 the teacher when there is one (else from the unpruned model). The classifier is always kept whole.
+When the pruned model lands more than 10% from its MAC, parameter or latency target (channel
+rounding makes the steps coarse), the result's `target` and the run's notes say so and why.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecnn.compress.pruning import ChannelPruner, kept_layers, latency_timer, pruning_mode
-from edgecnn.compress.train import fit
+from edgecnn.compression.pruning import ChannelPruner, group_multiple, kept_layers, latency_timer, pruning_mode
+from edgecnn.compression.train import fit
 from edgecnn.config.recipe import DistillConfig, PruneConfig, Recipe, recipe_dict
 from edgecnn.core.errors import UserError
+from edgecnn.core.progress import log
 from edgecnn.data.datasets import batches
 from edgecnn.models.files import count_macs_params, save_model
 from edgecnn.pipeline.context import Context, Stage
@@ -48,12 +51,11 @@ def make_pruner(
 
 
 def taylor_grads(model: nn.Module, ctx: Context, n_batches: int = 4) -> None:
-    """Taylor importance needs gradients of the loss: accumulate a few batches' worth."""
+    """Taylor importance needs gradients of the loss: accumulate a few batches' worth of training images,
+    drawn evenly across classes (Dataset.calibration)."""
     model.train()
     model.zero_grad()
-    for i, (xb, yb) in enumerate(batches(ctx.data.train, 128)):
-        if i == n_batches:
-            break
+    for xb, yb in batches(ctx.data.calibration(n_batches * 128, ctx.recipe.seed), 128):
         F.cross_entropy(model(ctx.data.normalize(xb)), yb).backward()
 
 
@@ -148,9 +150,59 @@ def find_ratio(
     return hi, log
 
 
+OVERSHOOT = 0.10  # a reached value further than this from the target (relative) is said in the result and notes
+
+TARGET_TEXT = {
+    "macs_reduction": lambda v: f"{v:.2f}x fewer MACs",
+    "params_budget": lambda v: f"{int(v):,} parameters",
+    "latency_budget_ms": lambda v: f"{v:.3f} ms p50",
+}
+
+
+def target_result(cfg: PruneConfig, search: dict | None, reached: float, model: nn.Module,
+                  search_value: Callable[[float], float]) -> dict | None:
+    """The target, the value the pruned model reached and, when that is more than OVERSHOOT off, a note on why.
+
+    `search_value` turns a search-log value (MACs, params, ms) into the target's unit. Positive `off`
+    is past the target (more MAC reduction, fewer parameters, lower latency than asked).
+    """
+    what = target_of(cfg)
+    if what is None:
+        return None
+    goal = getattr(cfg, what)
+    off = reached / goal - 1 if what == "macs_reduction" else 1 - reached / goal
+    out = {"name": what, "goal": goal, "reached": reached, "off": off, "note": None}
+    if abs(off) <= OVERSHOOT:
+        return out
+    show = TARGET_TEXT[what]
+    step = group_multiple(model, cfg.round_to) or 1
+    grain = (f"channel counts change in multiples of {step} (prune.round_to: {cfg.round_to}"
+             f"{', raised for grouped convolutions' if step != (cfg.round_to or 1) else ''})" if step > 1
+             else "channels are removed whole, and the smallest layers have few of them")
+    chosen = (search or {}).get("ratio")
+    below = sorted((t for t in (search or {}).get("tried", []) if chosen is not None and t["ratio"] < chosen),
+                   key=lambda t: t["ratio"])
+    near = ""
+    if below and below[-1]["ratio"] == 0:
+        near = (f"; even the smallest channel ratio, {chosen:.4f}, removes that much, and no pruning gives "
+                f"{show(search_value(below[-1]['value']))}")
+    elif below:
+        near = (f"; the next smaller channel ratio tried, {below[-1]['ratio']:.4f}, gives "
+                f"{show(search_value(below[-1]['value']))}, which misses the target")
+    steps = (f"; pruning in {cfg.iterative_steps} steps also lands elsewhere than the one-shot search"
+             if cfg.iterative_steps > 1 else "")
+    out["note"] = (
+        f"prune.{what}: asked for {show(goal)}, reached {show(reached)} ({100 * off:+.0f}% "
+        f"{'past' if off > 0 else 'short of'} the target): {grain}{near}{steps}; "
+        "a smaller prune.round_to (or none) gets closer"
+    )
+    return out
+
+
 class PruneStage(Stage):
     name = "prune"
     reads = ("teacher", "distill")
+    data_reads = ("augment", "eval_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.prune is not None
@@ -182,6 +234,7 @@ class PruneStage(Stage):
         ratio = cfg.ratio
         if target_of(cfg):
             ratio, search = find_ratio(model, cfg, example, n_cls, mode, lambda m: taylor_grads(m, ctx), timer)
+            search["ratio"] = ratio
         timer = timer or latency_timer(1, "local-cpu")
         latency_before = timer(model, example)
         teacher = load_stage_model(ctx, "teacher")[0] if cfg.distill and source == "distill" else None
@@ -217,12 +270,22 @@ class PruneStage(Stage):
         save_model(model, info, out / "model.pt")
         after = count_macs_params(model, shape)
         latency_after = timer(model, example)
+        what = target_of(cfg)
+        reached = {"macs_reduction": before[0] / max(1, after[0]), "params_budget": after[1],
+                   "latency_budget_ms": latency_after}.get(what)
+        target = target_result(cfg, search, reached, model,
+                               (lambda v: before[0] / max(v, 1)) if what == "macs_reduction" else (lambda v: v))
+        notes = [target["note"]] if target and target["note"] else []
+        for n in notes:
+            log(f"[yellow]note:[/yellow] {n}")
         return {
             "model_file": "model.pt",
             "source": source,
             "mode": mode,
             "ratio": ratio,
             "search": search,
+            "target": target,
+            "notes": notes,
             "macs_before": before[0],
             "params_before": before[1],
             "macs_after": after[0],

@@ -1,11 +1,12 @@
 """Quantize: int8 ONNX (onnxruntime static, from the fp32 export), int8 TFLite (litert-torch PT2E) and
 int8 OpenVINO (NNCF, from the fp32 IR), plus OpenVINO bf16/fp16 inference where the CPU has it.
 
-Calibration uses the first `data.calib_samples` real training images (NNCF: as many, drawn evenly
-across classes). With `select: auto` several configs are tried (ONNX: format, signed/unsigned
-activations, calibration method; NNCF: both presets); every candidate is measured by the agent on
-the whole evaluation split and at batch 1 on the local CPU, and the fastest within
-`quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source) is kept. When no
+Calibration uses `data.calib_samples` real training images drawn evenly across classes (seeded,
+Dataset.calibration), for every runtime (NNCF too). With `select: auto` several configs are tried
+(ONNX: format, signed/unsigned activations, calibration method; NNCF: both presets); every
+candidate is measured by the agent on the validation and test images and at batch 1 on the local
+CPU, and the fastest within `quantize.accuracy_budget` (top-1 loss against the fp32 PyTorch source,
+on the validation split) is kept; test accuracies are reported, never used to choose. When no
 post-training candidate meets the budget, quantization-aware training (`quantize.qat`) fine-tunes
 the model and its int8 files join the candidates. Each runtime then prefers int8 only if it beats
 that runtime's fp32 file (`deploy`, and a note when fp32 wins). A budget still missed fails the
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.compress.export import convert_pt2e_tflite, export_onnx, quantize_onnx, quantize_tflite
-from edgecnn.compress.int8_select import (
+from edgecnn.compression.export import export_onnx
+from edgecnn.compression.int8_select import (
     choose,
     describe,
     measure,
@@ -29,25 +30,27 @@ from edgecnn.compress.int8_select import (
     openvino_candidates,
     within_budget,
 )
-from edgecnn.compress.openvino_ir import (
+from edgecnn.compression.openvino_ir import (
     export_openvino,
     float_precisions,
     move_ir,
     quantize_openvino,
     reprecision,
 )
-from edgecnn.compress.qat import QatResult, train_qat
-from edgecnn.compress.train import accuracy, predict
+from edgecnn.compression.qat import QatResult, train_qat
+from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx, quantize_tflite
+from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log
+from edgecnn.data.datasets import Split
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model
 from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.naming import model_name
+from edgecnn.runtime.agent import CPU_RUNTIMES
 from edgecnn.runtime.host import parity, write_eval_npz
 
-RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
 SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}  # an IR's .bin travels with its .xml
 SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
 
@@ -55,6 +58,7 @@ SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
 class QuantizeStage(Stage):
     name = "quantize"
     reads = ("teacher", "distill", "prune", "export")
+    data_reads = ("augment", "eval_samples", "calib_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
         return recipe.quantize is not None and recipe.quantize.enabled and recipe.export is not None
@@ -64,44 +68,57 @@ class QuantizeStage(Stage):
         return {
             "quantize": r["quantize"],
             "formats": r["export"]["formats"],
-            "calib": recipe.data.calib_samples,
             "bench": r["bench"],
-            "eval_samples": recipe.data.eval_samples,
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
+        return QuantizeRun(ctx, out).run()
+
+
+class QuantizeRun:
+    """One run of the quantize stage; its state (reference logits, work folder, QAT model) lives here."""
+
+    def __init__(self, ctx: Context, out: Path):
+        self.ctx, self.out = ctx, out
+        self._qat: QatResult | None = None
+
+    def run(self) -> dict:
+        ctx, out = self.ctx, self.out
         cfg = ctx.recipe.quantize
         source, _ = ctx.latest_model()
         model, _ = load_stage_model(ctx, source)
-        split = eval_split(ctx)
-        ref = predict(model, ctx.data, split)
-        self.ref_acc, self.ref_logits = accuracy(ref, split.y), ref.numpy()
+        val, test = decision_split(ctx), eval_split(ctx)
+        ref_val, ref_test = predict(model, ctx.data, val), predict(model, ctx.data, test)
+        self.ref_val_acc, self.ref_acc = accuracy(ref_val, val.y), accuracy(ref_test, test.y)
+        self.ref_logits = ref_test.numpy()
+        self.labels = {DECISION_SPLIT: val.y.numpy(), "test": test.y.numpy()}
         self.ref_name = f"{model_name(ctx, source)}/pytorch"
-        self.ctx, self.out, self.model, self._qat = ctx, out, model, None
+        self.model = model
         files, candidates, notes, deploy = {}, {}, [], {}
+        budget = cfg.accuracy_budget
         with tempfile.TemporaryDirectory(dir=out) as work:
             self.work = Path(work)
-            self.npz = self.work / "eval.npz"
-            write_eval_npz(ctx.data, split, self.npz)
+            self.npz = self.work / "eval.npz"  # the validation images, then the test images
+            write_eval_npz(ctx.data, Split(torch.cat([val.x, test.x]), torch.cat([val.y, test.y])), self.npz)
             for fmt in ctx.recipe.export.formats:
-                fp32_file = ctx.stage_dir("export") / f"model.{SUFFIX[fmt]}"
-                fp32 = measure(fp32_file, self.npz, ctx.recipe.bench, self.work / "logits.npy")
+                fp32 = self._scored(measure(ctx.stage_dir("export") / f"model.{SUFFIX[fmt]}", self.npz,
+                                            ctx.recipe.bench, self.work / "logits.npy"))
                 if fmt == "openvino" and not cfg.openvino.enabled:  # no NNCF int8: the fp32 IR stays
                     candidates[fmt], deploy[fmt] = [self._fp32_row(fmt, fp32)], "fp32"
                     continue
                 cands = self._post_training(fmt)
-                best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                best = choose(cands, self.ref_val_acc, budget)
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
                     cands += self._qat_candidates(fmt, best)
-                    best = choose(cands, self.ref_acc, cfg.accuracy_budget)
+                    best = choose(cands, self.ref_val_acc, budget)
                 if best is None:
-                    best = max(cands, key=lambda c: c["accuracy"])
+                    best = max(cands, key=lambda c: c["val_accuracy"])
                     gate(
                         False,
-                        f"{fmt} int8 loses {100 * (self.ref_acc - best['accuracy']):.2f} points against fp32 "
-                        f"PyTorch even in its best config ({describe(best['config'])}"
+                        f"{fmt} int8 loses {100 * (self.ref_val_acc - best['val_accuracy']):.2f} points against "
+                        f"fp32 PyTorch on the validation split even in its best config ({describe(best['config'])}"
                         f"{', after QAT' if best['qat'] else ''}); budget quantize.accuracy_budget="
-                        f"{cfg.accuracy_budget}; raise the budget or enable quantize.qat",
+                        f"{budget}; raise the budget or enable quantize.qat",
                         cfg.on_fail,
                     )
                 files[fmt], candidates[fmt], note = self._keep(fmt, best, cands, fp32)
@@ -111,7 +128,8 @@ class QuantizeStage(Stage):
                     log(f"[yellow]note:[/yellow] {note}")
             if "openvino" in ctx.recipe.export.formats:
                 self._openvino_floats(files, candidates["openvino"], notes)
-        result = {"source": source, "files": files, "candidates": candidates, "deploy": deploy, "notes": notes}
+        result = {"source": source, "decision_split": DECISION_SPLIT, "files": files, "candidates": candidates,
+                  "deploy": deploy, "notes": notes}
         if self._qat is not None:
             result["qat"] = {"epochs": len(self._qat.history), "history": self._qat.history}
         return result
@@ -130,11 +148,20 @@ class QuantizeStage(Stage):
         )
 
     def calib(self) -> torch.Tensor:
-        return self.ctx.data.normalize(self.ctx.data.train.x[: self.ctx.recipe.data.calib_samples])
+        """The calibration images: data.calib_samples training images, evenly across classes."""
+        return self.ctx.data.normalize(self.ctx.data.calibration(self.ctx.recipe.data.calib_samples,
+                                                                 self.ctx.recipe.seed).x)
 
-    def calib_per_class(self) -> torch.Tensor:
-        """NNCF's calibration images: data.calib_samples training images drawn evenly across classes."""
-        return self.ctx.data.normalize(self.ctx.data.train.per_class(self.ctx.recipe.data.calib_samples).x)
+    def _scored(self, m: dict) -> dict:
+        """An agent result over validation + test images, split into `val_accuracy`, `accuracy` (test), test logits."""
+        n_val = len(self.labels[DECISION_SPLIT])
+        logits = m["logits"]
+        return {
+            **m,
+            "val_accuracy": float((logits[:n_val].argmax(1) == self.labels[DECISION_SPLIT]).mean()),
+            "accuracy": float((logits[n_val:].argmax(1) == self.labels["test"]).mean()),
+            "logits": logits[n_val:],
+        }
 
     def _openvino_int8(self, src: Path, stem: str) -> list[dict]:
         """NNCF int8 IRs of the fp32 IR `src` (one per preset tried), each measured."""
@@ -142,7 +169,7 @@ class QuantizeStage(Stage):
         out = []
         for i, config in enumerate(openvino_candidates(cfg.openvino, cfg.select)):
             path = self.work / f"{stem}{i}.int8.xml"
-            quantize_openvino(src, path, self.calib_per_class().numpy(), preset=config["preset"],
+            quantize_openvino(src, path, self.calib().numpy(), preset=config["preset"],
                               subset_size=config["subset_size"], fast_bias_correction=config["fast_bias_correction"])
             out.append(self._measured(path, config, stem == "qat"))
         return out
@@ -158,23 +185,26 @@ class QuantizeStage(Stage):
             name = f"model.{precision}.xml"
             reprecision(self.ctx.stage_dir("export") / "model.xml", self.out / name, precision)
             c = self._measured(self.out / name, {"inference_precision": precision}, False)
-            ok = within_budget(self.ref_acc, c["accuracy"], cfg.accuracy_budget)
+            ok = within_budget(self.ref_val_acc, c["val_accuracy"], cfg.accuracy_budget)
             if not ok:
-                notes.append(f"openvino {precision} loses {100 * (self.ref_acc - c['accuracy']):.2f} points against "
-                             f"fp32 PyTorch, over quantize.accuracy_budget={cfg.accuracy_budget}: never deployed")
+                notes.append(f"openvino {precision} loses {100 * (self.ref_val_acc - c['val_accuracy']):.2f} points "
+                             f"against fp32 PyTorch on the validation split, over quantize.accuracy_budget="
+                             f"{cfg.accuracy_budget}: never deployed")
             files[f"openvino-{precision}"] = {
-                "file": name, "format": "openvino", "precision": precision, "accuracy": c["accuracy"],
-                "reference_accuracy": self.ref_acc, "parity": parity(c["logits"], self.ref_logits, self.ref_name),
+                "file": name, "format": "openvino", "precision": precision, "decision_split": DECISION_SPLIT,
+                "val_accuracy": c["val_accuracy"], "reference_val_accuracy": self.ref_val_acc,
+                "accuracy": c["accuracy"], "reference_accuracy": self.ref_acc,
+                "parity": parity(c["logits"], self.ref_logits, self.ref_name),
                 "config": c["config"], "qat": False, "p50_ms": c["p50_ms"], "size_bytes": c["size_bytes"],
                 "inference_precision": c["inference_precision"], "within_budget": ok,
             }
             table.append(self._row(c, chosen=False, precision=precision))
 
     def _measured(self, path: Path, config: dict, qat: bool) -> dict:
-        m = measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy")
+        m = self._scored(measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy"))
         kind = "" if "inference_precision" in config else " int8"
         log(f"  {path.suffix[1:]}{kind} {describe(config)}{' QAT' if qat else ''}: "
-            f"accuracy {m['accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
+            f"val accuracy {m['val_accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
         return {"config": config, "qat": qat, "path": path, **m}
 
     def _post_training(self, fmt: str) -> list[dict]:
@@ -239,21 +269,23 @@ class QuantizeStage(Stage):
         return {
             "config": c["config"],
             "label": describe(c["config"]),
-            "runtime": RUNTIME[SUFFIX_FORMAT[c["path"].suffix[1:]]],
+            "runtime": CPU_RUNTIMES[SUFFIX_FORMAT[c["path"].suffix[1:]]],
             "precision": precision,
             "qat": c["qat"],
+            "val_accuracy": c["val_accuracy"],
             "accuracy": c["accuracy"],
             "p50_ms": c["p50_ms"],
             "size_bytes": c["size_bytes"],
-            "within_budget": within_budget(self.ref_acc, c["accuracy"], self.ctx.recipe.quantize.accuracy_budget),
+            "within_budget": within_budget(self.ref_val_acc, c["val_accuracy"],
+                                           self.ctx.recipe.quantize.accuracy_budget),
             "chosen": chosen,
         }
 
     @staticmethod
     def _fp32_row(fmt: str, fp32: dict) -> dict:
-        return {"config": "fp32", "label": "fp32 export", "runtime": RUNTIME[fmt], "precision": "fp32", "qat": False,
-                "accuracy": fp32["accuracy"], "p50_ms": fp32["p50_ms"], "size_bytes": fp32["size_bytes"],
-                "within_budget": True, "chosen": False}
+        return {"config": "fp32", "label": "fp32 export", "runtime": CPU_RUNTIMES[fmt], "precision": "fp32",
+                "qat": False, "val_accuracy": fp32["val_accuracy"], "accuracy": fp32["accuracy"],
+                "p50_ms": fp32["p50_ms"], "size_bytes": fp32["size_bytes"], "within_budget": True, "chosen": False}
 
     def _keep(self, fmt: str, best: dict, cands: list[dict], fp32: dict) -> tuple[dict, list[dict], str | None]:
         """Move the chosen file into place; its record, the candidate table and a note when fp32 wins."""
@@ -267,7 +299,7 @@ class QuantizeStage(Stage):
         note = None
         if not faster:
             note = (
-                f"{RUNTIME[fmt]}: no int8 model is faster than fp32 on {self.ctx.recipe.bench.device} "
+                f"{CPU_RUNTIMES[fmt]}: no int8 model is faster than fp32 on {self.ctx.recipe.bench.device} "
                 f"(best int8 p50 {best['p50_ms']:.3f} ms, fp32 {fp32['p50_ms']:.3f} ms, batch 1, "
                 f"{fp32['threads']} thread(s)); "
                 + ("deploying fp32" if not use_int8 else "int8 kept because quantize.select is fixed")
@@ -275,6 +307,9 @@ class QuantizeStage(Stage):
         table = [self._fp32_row(fmt, fp32)] + [self._row(c, chosen=c is best) for c in cands]
         record = {
             "file": name,
+            "decision_split": DECISION_SPLIT,
+            "val_accuracy": best["val_accuracy"],
+            "reference_val_accuracy": self.ref_val_acc,
             "accuracy": best["accuracy"],
             "reference_accuracy": self.ref_acc,
             "parity": parity(best["logits"], self.ref_logits, self.ref_name),

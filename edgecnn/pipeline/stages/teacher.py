@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.compress.train import fit
+from edgecnn.compression.train import fit
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.models.files import ModelInfo, save_model
 from edgecnn.models.user import data_model_info, is_model_file, load_user_model
@@ -19,6 +19,7 @@ def model_info(ctx: Context, spec: str, kwargs: dict) -> ModelInfo:
 
 class TeacherStage(Stage):
     name = "teacher"
+    data_reads = ("augment", "eval_samples")
 
     def config(self, recipe: Recipe) -> dict:
         r = recipe_dict(recipe)

@@ -128,7 +128,7 @@ def export_openvino(
     if onnx_file is not None and Path(onnx_file).is_file():
         onnx_to_openvino(Path(onnx_file), Path(xml), input_shape)
         return
-    from edgecnn.compress.export import export_onnx
+    from edgecnn.compression.export import export_onnx
 
     with tempfile.TemporaryDirectory(dir=Path(xml).parent) as tmp:
         tmp_onnx = Path(tmp) / "model.onnx"

@@ -233,16 +233,16 @@ def _prunable_blocks(model: nn.Module, example: torch.Tensor, options: dict, ign
 
 
 def latency_timer(threads: int = 1, device: str = "local-cpu") -> Callable[[nn.Module, torch.Tensor], float]:
-    """A function timing one batch-1 forward (p50 ms) with the benchmark agent's loop, in this process."""
-    from edgecnn.runtime.agent import measure_latency
+    """A function timing one batch-1 forward (p50 ms) with the benchmark agent's loop, in this process.
 
-    if device not in ("local-cpu", "local-gpu"):
-        raise UserError(
-            f"prune.latency_device: {device!r} cannot be timed while pruning; use local-cpu (or local-gpu), "
-            "and `edgecnn deploy` to measure other devices"
-        )
-    if device == "local-gpu" and not torch.cuda.is_available():
-        raise UserError("prune.latency_device: local-gpu: no CUDA GPU on this machine; use local-cpu")
+    Each timing leases its CPUs as the agent's do (edgecnn.runtime.host.cpu_lease); a one-thread
+    timing runs on its leased CPU.
+    """
+    from edgecnn.devices.profiles import check_local_device
+    from edgecnn.runtime.agent import measure_latency
+    from edgecnn.runtime.host import allowed_cpus, cpu_lease, pinned_thread
+
+    check_local_device(device, "prune.latency_device")
     dev = "cuda" if device == "local-gpu" else "cpu"
 
     class _Run:
@@ -261,7 +261,8 @@ def latency_timer(threads: int = 1, device: str = "local-cpu") -> Callable[[nn.M
         torch.set_num_threads(threads or saved)
         try:
             m = copy.deepcopy(model)
-            lat = measure_latency(_Run(m), example.to(dev), warmup=5, min_iters=30, min_seconds=0.3)
+            with cpu_lease(threads or len(allowed_cpus()) or 1) as cpus, pinned_thread(cpus if threads == 1 else []):
+                lat = measure_latency(_Run(m), example.to(dev), warmup=5, min_iters=30, min_seconds=0.3)
             return lat["p50"]
         finally:
             torch.set_num_threads(saved)

@@ -2,7 +2,7 @@
 
 The model is captured with torch.export, prepared with litert-torch's quantizer in QAT mode
 (fake-quantized weights and activations, conv+BN folded as at inference) and fine-tuned for a
-few epochs, distilling from the teacher when there is one (edgecnn.compress.train's kd_loss). The result
+few epochs, distilling from the teacher when there is one (edgecnn.compression.train's kd_loss). The result
 serves both runtimes: the PT2E graph converts straight to a full-integer .tflite, and its
 fine-tuned float weights, copied back into the eager model, are what ONNX Runtime's static
 quantization starts from.
@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecnn.compress.export import for_export, tflite_quantizer
-from edgecnn.compress.train import kd_loss
+from edgecnn.compression.export import for_export
+from edgecnn.compression.quantize import tflite_quantizer
+from edgecnn.compression.train import kd_loss
 from edgecnn.config.recipe import QatConfig
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import progress_bar
@@ -91,7 +92,7 @@ def train_qat(
 
     torch.manual_seed(seed)
     bs = min(cfg.batch_size, len(data.train))
-    example = (data.normalize(data.train.x[:bs]),)
+    example = (data.normalize(data.calibration(bs, seed).x),)
     batch = torch.export.Dim("batch", min=2, max=65_536)
     with quiet_libraries(), _torchao_patterns_as_modules():
         exported = torch.export.export(copy.deepcopy(for_export(model)), example, dynamic_shapes=({0: batch},)).module()

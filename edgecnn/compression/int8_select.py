@@ -1,8 +1,9 @@
 """Choosing an int8 model by measurement: candidates, their accuracy and latency, the winner.
 
 Every candidate file is measured by the agent (edgecnn/runtime/agent.py, in its own process) on the
-evaluation split and at batch 1, exactly as the bench stage measures it. The winner is the
-fastest candidate within the accuracy budget; it is deployed only where it beats fp32.
+validation and test images and at batch 1, exactly as the bench stage measures it. The winner is
+the fastest candidate within the accuracy budget on the validation split (`val_accuracy`; the
+test accuracy is only reported); it is deployed only where it beats fp32.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def describe(config: dict) -> str:
 
 
 def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict:
-    """Accuracy (whole evaluation split), logits and batch-1 latency of one file, by the agent."""
+    """Accuracy (every image of `npz`), logits and batch-1 latency of one file, by the agent."""
     m = run_agent_local(
         path,
         npz,
@@ -80,7 +81,8 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict
     }
 
 
-def choose(candidates: list[dict], reference_accuracy: float, budget: float) -> dict | None:
-    """The fastest candidate losing at most `budget` top-1 against the reference; None if none does."""
-    ok = [c for c in candidates if within_budget(reference_accuracy, c["accuracy"], budget)]
+def choose(candidates: list[dict], reference_accuracy: float, budget: float, key: str = "val_accuracy") -> dict | None:
+    """The fastest candidate losing at most `budget` top-1 (its `key`, the validation accuracy) against the
+    reference's; None if none does."""
+    ok = [c for c in candidates if within_budget(reference_accuracy, c[key], budget)]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None

@@ -1,0 +1,1 @@
+"""Tasks: what differs between classification, detection and keypoints (data, losses, decoding, metrics, parity)."""
