@@ -246,8 +246,8 @@ def _formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f).strip() for f in formats]
     items = [f for f in items if f]
     for fmt in items:
-        if fmt not in ("onnx", "tflite"):
-            raise UserError(f"--format {fmt!r}: use onnx and/or tflite")
+        if fmt not in ("onnx", "tflite", "openvino"):
+            raise UserError(f"--format {fmt!r}: use onnx, tflite and/or openvino")
     return items
 
 
@@ -333,12 +333,19 @@ def _check_folder_out(out: Path) -> None:
 
 
 def _place(src: Path, dst: Path) -> None:
-    """Copy a finished artifact to where the user asked (atomically: complete or absent)."""
+    """Copy a finished artifact to where the user asked (atomically: complete or absent).
+
+    An OpenVINO .xml takes its .bin along (the .bin first, so a present .xml always has its weights).
+    """
     from edgecnn.core.artifacts import atomic_path
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    pairs = [(src, dst)]
+    if src.suffix.lower() == ".xml" and src.with_suffix(".bin").is_file():
+        pairs.insert(0, (src.with_suffix(".bin"), dst.with_suffix(".bin")))
+    for s, d in pairs:
+        with atomic_path(d) as tmp:
+            shutil.copyfile(s, tmp)
 
 
 def _write_record(path: Path, record: dict) -> None:
@@ -531,9 +538,9 @@ def export(
     mean: Floats = None,
     std: Floats = None,
 ) -> dict:
-    """Export an edgecnn model file to fp32 ONNX and/or TFLite (the export stage, with its parity gate).
+    """Export an edgecnn model file to fp32 ONNX, TFLite and/or OpenVINO IR (the export stage, with its parity gate).
 
-    Each file must agree with PyTorch on at least `min_agreement` of the test images (top-1), else
+    Each file must agree with PyTorch on at least `min_agreement` of the validation images (top-1), else
     the call fails (`on_fail="warn"`: keeps it with a warning). Writes the files and export.json
     (the stage's record) into `out`; returns the record, each file with its `path` and `gate`.
     """
@@ -572,11 +579,12 @@ def quantize(
     mean: Floats = None,
     std: Floats = None,
 ) -> dict:
-    """Quantize an edgecnn model file to int8 ONNX and/or TFLite (the export and quantize stages).
+    """Quantize an edgecnn model file to int8 ONNX, TFLite and/or OpenVINO (the export and quantize stages).
 
     As in `compress`: the fp32 exports pass the parity gate first; `select="auto"` measures several
-    ONNX configs (the given one first), each on the test split and at batch 1 on this CPU with
-    `threads`, and keeps the fastest within `accuracy_budget` (top-1 loss against fp32 PyTorch),
+    ONNX configs (the given one first; OpenVINO: both NNCF presets), each on the validation split and
+    at batch 1 on this CPU with `threads`, and keeps the fastest within `accuracy_budget` (top-1 loss
+    against fp32 PyTorch),
     falling back to quantization-aware training (`qat`); each runtime deploys int8 only where it
     beats its fp32 file. Writes the int8 and fp32 files, quantize.json and export.json into `out`;
     returns the quantize stage's record (candidates, chosen config, `gate`, deploy choice, notes),
@@ -601,8 +609,11 @@ def quantize(
         for fmt, f in record["files"].items():
             _place(ctx.stage_dir("quantize") / f["file"], out / f["file"])
             f["path"] = str(out / f["file"])
-            chosen = next(c for c in record["candidates"][fmt] if c["chosen"])
-            f["gate"] = {"accuracy_budget": accuracy_budget, "passed": chosen["within_budget"]}
+            if "within_budget" in f:  # OpenVINO bf16 / fp16: one file, gated by itself
+                passed = f["within_budget"]
+            else:
+                passed = next(c for c in record["candidates"][fmt] if c["chosen"])["within_budget"]
+            f["gate"] = {"accuracy_budget": accuracy_budget, "passed": passed}
         _write_record(out / "quantize.json", record)
         return {**record, "export": exported}
 
@@ -637,7 +648,7 @@ def bench(
 ) -> dict:
     """Accuracy, latency and memory of one model on a device, measured by the device agent.
 
-    `model` is a `.pt` (edgecnn or TorchScript), `.onnx` or `.tflite` file, or file.py:Class /
+    `model` is a `.pt` (edgecnn or TorchScript), `.onnx`, `.tflite` or OpenVINO `.xml` file, or file.py:Class /
     torchvision:NAME with `weights`; `threads=0` uses every core. Returns the agent's result with
     `model`, `size_bytes` and `device`.
     """
@@ -645,7 +656,7 @@ def bench(
     from edgecnn.devices.profiles import get_profile
     from edgecnn.models.files import is_torchscript, load_model_file, save_model
     from edgecnn.models.user import load_user_model
-    from edgecnn.runtime.agent import MODEL_EXTENSIONS
+    from edgecnn.runtime.agent import MODEL_EXTENSIONS, model_size
     from edgecnn.runtime.checks import check_model_file
     from edgecnn.runtime.host import run_agent_local, save_torchscript, write_eval_npz
 
@@ -667,7 +678,7 @@ def bench(
         if not path.is_file():
             raise UserError(f"{path}: model file not found")
         if path.suffix.lower() not in MODEL_EXTENSIONS:
-            raise UserError(f"{path}: unknown model format; give .pt, .onnx or .tflite")
+            raise UserError(f"{path}: unknown model format; give .pt, .onnx, .tflite or an OpenVINO .xml")
         target, info = path, None
         if MODEL_EXTENSIONS[path.suffix.lower()] == "pytorch" and not is_torchscript(path):
             loaded, info = load_model_file(path)
@@ -683,7 +694,8 @@ def bench(
             entries, _ = benchmark_on_device(profile, [model_job(target)], npz, threads=threads,
                                              min_seconds=min_seconds, strict=True)
             result = entries[0]
-    result.update({"model": shown, "size_bytes": Path(weights or model).stat().st_size, "device": device})
+    size = Path(weights).stat().st_size if weights is not None else model_size(str(model))
+    result.update({"model": shown, "size_bytes": size, "device": device})
     return result
 
 
@@ -703,7 +715,8 @@ def deploy(
     """Copy deployable models and the agent to a device, benchmark them there; returns the device's entries.
 
     For a run (directory or Run) the entries are merged into its report.json and report.md; a single
-    model file (.onnx, .tflite, TorchScript) is evaluated on `data`. `log` receives progress lines.
+    model file (.onnx, .tflite, an OpenVINO .xml with its .bin, TorchScript) is evaluated on `data`.
+    `log` receives progress lines.
     """
     from edgecnn.devices.deploy import deploy as deploy_to
     from edgecnn.runtime.host import write_eval_npz

@@ -270,7 +270,7 @@ def _print_export(record: dict) -> None:
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the exported files.")
 def export(model_path, formats, opset, simplify, min_agreement, on_fail, data_spec, mean, std, out):
-    """Export an edgecnn model file to ONNX and/or TFLite fp32, gated on parity with PyTorch on the test split.
+    """Export an edgecnn model file to ONNX, TFLite and/or OpenVINO fp32, gated on parity with PyTorch.
 
     Writes the files and export.json (the export stage's record, as in a compress run) into --out.
     """
@@ -303,10 +303,10 @@ def export(model_path, formats, opset, simplify, min_agreement, on_fail, data_sp
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the int8 files.")
 def quantize(model_path, formats, calib_samples, select, onnx_format, activation, method, tflite_io, accuracy_budget,
              qat, min_agreement, on_fail, threads, min_seconds, data_spec, mean, std, out):
-    """Quantize an edgecnn model file to int8 ONNX and/or TFLite, calibrated on real training images.
+    """Quantize an edgecnn model file to int8 ONNX, TFLite and/or OpenVINO, calibrated on real training images.
 
     The quantize stage of compress: the fp32 exports pass the parity gate, int8 candidates are measured
-    (accuracy on the test split, batch-1 latency here), the fastest within --accuracy-budget is kept,
+    (accuracy on the validation split, batch-1 latency here), the fastest within --accuracy-budget is kept,
     and each runtime deploys int8 only where it beats fp32. Writes the int8 and fp32 files,
     quantize.json and export.json into --out.
     """
@@ -319,17 +319,23 @@ def quantize(model_path, formats, calib_samples, select, onnx_format, activation
         min_seconds=min_seconds, mean=mean, std=std,
     )
     _print_export(r["export"])
-    for fmt, f in r["files"].items():
+    for fmt, table in r["candidates"].items():
         click.echo(f"{fmt} candidates (test accuracy, batch-1 p50 on local-cpu):")
-        for c in r["candidates"][fmt]:
+        for c in table:
             mark = "  <- chosen" if c["chosen"] else ("" if c["within_budget"] else "  (over the budget)")
             click.echo(f"  {c['label']:<36} {c['accuracy']:.4f}  {c['p50_ms']:.3f} ms{mark}")
+    for f in r["files"].values():
         gate = f["gate"]
+        passed = "passed" if gate["passed"] else "FAILED, kept (--on-fail warn)"
+        if "deploy_precision" not in f:  # OpenVINO bf16 / fp16 inference of the fp32 IR
+            click.echo(f"{f['path']}: {f['precision']} accuracy {f['accuracy']:.4f} (fp32 PyTorch "
+                       f"{f['reference_accuracy']:.4f}), p50 {f['p50_ms']:.3f} ms; accuracy gate (loss <= "
+                       f"{gate['accuracy_budget']:g}): " + ("passed" if gate["passed"] else "FAILED, never deployed"))
+            continue
         click.echo(
             f"{f['path']}: int8 accuracy {f['accuracy']:.4f} (fp32 PyTorch {f['reference_accuracy']:.4f}), "
             f"{describe(f['config'])}{' QAT' if f['qat'] else ''}; "
-            f"accuracy gate (loss <= {gate['accuracy_budget']:g}): "
-            + ("passed" if gate["passed"] else "FAILED, kept (--on-fail warn)")
+            f"accuracy gate (loss <= {gate['accuracy_budget']:g}): " + passed
             + f"; deploy {f['deploy_precision']} (int8 p50 {f['p50_ms']:.3f} ms, fp32 {f['fp32_p50_ms']:.3f} ms)"
         )
     for note in r["notes"]:
@@ -348,7 +354,7 @@ def quantize(model_path, formats, calib_samples, select, onnx_format, activation
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict for file.py:Class / torchvision:NAME.")
 @click.option("--kwargs", "kwargs_text", help="Constructor arguments (YAML mapping) when MODEL is file.py:Class.")
 def bench(model_path, data_spec, mean, std, device, threads, min_seconds, as_json, weights, kwargs_text):
-    """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite) on a device."""
+    """Accuracy, latency and memory of one model file (.pt, .onnx, .tflite, OpenVINO .xml) on a device."""
     result = api.bench(model_path, data_spec, device, threads, min_seconds=min_seconds, weights=weights,
                        kwargs=kwargs_text, mean=mean, std=std)
     if as_json:
@@ -374,7 +380,7 @@ def deploy(target, device, as_json, keep, threads, min_seconds, data_spec, mean,
     """Copy deployable models and the agent to a device, benchmark there, merge results into the report.
 
     TARGET is a finished run directory (its models, its evaluation images) or one model file
-    (.onnx, .tflite, TorchScript), evaluated on --data.
+    (.onnx, .tflite, an OpenVINO .xml, TorchScript), evaluated on --data.
     """
     entries = api.deploy(target, device, data=data_spec, threads=threads, min_seconds=min_seconds, keep=keep,
                          mean=mean, std=std, log=None if as_json else lambda msg: click.echo(msg, err=True))
