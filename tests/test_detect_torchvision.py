@@ -75,7 +75,7 @@ def test_numpy_decoding_matches_torchvisions_postprocessing(users_ssd, loaded, d
 
 @pytest.mark.slow  # the ONNX export of MobileNetV3 alone takes ~40 s on 2 cores
 def test_onnx_export_of_the_raw_head_decodes_like_pytorch(loaded, data, tmp_path):
-    from edgecnn.compress.export import export_onnx
+    from edgecnn.compression.export import export_onnx
     from edgecnn.runtime.agent import normalize, open_runtime
 
     task = get_task("detection")

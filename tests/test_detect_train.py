@@ -70,7 +70,7 @@ def test_short_training_lifts_map_far_above_an_untrained_model(trained, data):
 
 
 def test_onnx_export_decodes_to_pytorchs_detections(trained, data, tmp_path):
-    from edgecnn.compress.export import export_onnx
+    from edgecnn.compression.export import export_onnx
     from edgecnn.runtime.agent import normalize, open_runtime
 
     task, model, head, _ = trained
@@ -93,7 +93,7 @@ def test_onnx_export_decodes_to_pytorchs_detections(trained, data, tmp_path):
 
 
 def test_tflite_export_decodes_to_pytorchs_detections(trained, data, tmp_path):
-    from edgecnn.compress.export import export_tflite
+    from edgecnn.compression.export import export_tflite
     from edgecnn.runtime.agent import normalize, open_runtime
 
     task, model, head, _ = trained
@@ -125,7 +125,7 @@ def test_distillation_pulls_det_tiny_toward_the_teacher(trained, data):
 
 
 def test_pruning_keeps_the_prediction_convs_whole(trained, data):
-    from edgecnn.compress.pruning import ChannelPruner
+    from edgecnn.compression.pruning import ChannelPruner
 
     task, model, head, _ = trained
     kept = task.kept_layers(model, head)

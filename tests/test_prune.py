@@ -218,7 +218,8 @@ def test_an_overshot_target_is_said_in_the_result_and_the_run_notes(tmp_path, mo
     from edgecnn.config.recipe import recipe_from_dict
     from edgecnn.pipeline.context import Context
     from edgecnn.pipeline.runner import run_stages
-    from edgecnn.pipeline.stages import PruneStage, TeacherStage
+    from edgecnn.pipeline.stages.prune import PruneStage
+    from edgecnn.pipeline.stages.teacher import TeacherStage
 
     monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
     recipe = recipe_from_dict({

@@ -58,7 +58,7 @@ def test_classification_task_over_mnist5k(mnist, one_thread):
 
 def test_classification_distillation_matches_the_training_loops_kd_loss(mnist):
     """The task's Hinton loss is the one compress/train.py uses today (to be imported from the task)."""
-    from edgecnn.compress.train import kd_loss
+    from edgecnn.compression.train import kd_loss
 
     task, _ = mnist
     g = torch.Generator().manual_seed(0)
