@@ -207,8 +207,9 @@ def benchmark_on_device(
     transport = transport_for(profile)
     _check_ready(transport)
     python = transport.python_argv()
-    for j in jobs:  # a damaged file is one error line here, before any runtime parses it
-        check_model_file(j.file)
+    if strict:  # one model of the user's: a damaged file is the one error line, before any work
+        for j in jobs:
+            check_model_file(j.file)
     workdir = transport.mkdtemp()
     info: dict = {"workdir": workdir}
     try:
@@ -252,8 +253,9 @@ def benchmark_on_device(
                 "--min-iters",
                 str(min_iters),
             ]
-            proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
             try:
+                check_model_file(j.file)  # a damaged file never reaches the runtime's parser
+                proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
                 entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile))
             except UserError as e:  # one model failing there: recorded, the others still measured
                 if strict:
