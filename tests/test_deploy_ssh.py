@@ -149,7 +149,7 @@ def test_a_model_failing_on_the_device_is_recorded_with_a_note(sshd, run_copy, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     by_precision = {e["precision"]: e for e in json.loads(proc.stdout)}
     assert by_precision["fp32"]["accuracy"] is None and by_precision["fp32"]["latency_ms"] is None
-    assert "agent failed" in by_precision["fp32"]["notes"][0]
+    assert "not a TFLite flatbuffer" in by_precision["fp32"]["notes"][0]  # refused before the runtime saw it
     assert by_precision["int8"]["accuracy"] > 0.5  # the other model was still measured
     assert "| loopback |" in (run_copy / "report.md").read_text()
 

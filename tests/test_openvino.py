@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 
@@ -181,3 +185,16 @@ def test_run_lists_openvino_candidates_and_deploys_the_fastest_within_budget(qui
             assert q["files"][f"openvino-{precision}"]["inference_precision"] == precision
         else:
             assert any(n.startswith(f"openvino: {precision} inference skipped") for n in q["notes"])
+
+
+def test_deploy_copies_ir_pairs_and_picks_the_device_s_fastest_file(quickstart_run, tmp_path):
+    run = Path(shutil.copytree(quickstart_run, tmp_path / "run"))
+    proc = run_cli("deploy", str(run), "--device", "local-cpu", "--json", "--min-seconds", "0.1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries = json.loads(proc.stdout)
+    ov = [e for e in entries if e["format"] == "openvino"]
+    assert {e["precision"] for e in ov} >= {"fp32", "int8"} and all(e["latency_ms"]["p50"] > 0 for e in ov)
+    pick = json.loads((run / "report.json").read_text())["deployments"]["local-cpu"]
+    within = [c for c in pick["candidates"] if c["within_budget"]]
+    assert pick["chosen"] and min(within, key=lambda c: c["p50_ms"])["path"] == pick["chosen"]["path"]
+    assert [e["path"] for e in entries if e["deploy"]] == [pick["chosen"]["path"]]
