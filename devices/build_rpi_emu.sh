@@ -8,8 +8,9 @@
 # architecture, lists and cache, so the host's apt state is untouched), unpacked with dpkg -x;
 # numpy and tflite-runtime are aarch64 wheels (manylinux up to glibc 2.34; bookworm has 2.36;
 # tflite-runtime needs numpy<2).
-# onnxruntime and ai-edge-litert aarch64 wheels are added too (EDGECNN_RPI_EMU_ORT=0 and
-# EDGECNN_RPI_EMU_LITERT=0 leave them out).
+# onnxruntime, ai-edge-litert and openvino aarch64 wheels are added too (EDGECNN_RPI_EMU_ORT=0,
+# EDGECNN_RPI_EMU_LITERT=0 and EDGECNN_RPI_EMU_OPENVINO=0 leave them out; openvino's wheel is
+# manylinux_2_35, which bookworm's glibc 2.36 runs, and its ARM CPU plugin runs under qemu-user).
 # Idempotent: a ROOT finished by this version of the script (ROOT/.complete holds BUILD) is left
 # as it is; a half-built or older one is redone.
 set -euo pipefail
@@ -19,7 +20,8 @@ SUITE="${EDGECNN_RPI_EMU_SUITE:-bookworm}"
 MIRROR="${EDGECNN_RPI_EMU_MIRROR:-http://deb.debian.org/debian}"
 WITH_ORT="${EDGECNN_RPI_EMU_ORT:-1}"
 WITH_LITERT="${EDGECNN_RPI_EMU_LITERT:-1}"
-BUILD="edgecnn-rpi-emu 2 $SUITE ort=$WITH_ORT litert=$WITH_LITERT"
+WITH_OPENVINO="${EDGECNN_RPI_EMU_OPENVINO:-1}"
+BUILD="edgecnn-rpi-emu 3 $SUITE ort=$WITH_ORT litert=$WITH_LITERT openvino=$WITH_OPENVINO"
 PY=python3.11
 PKGS=(
   libc6 libgcc-s1 libstdc++6 gcc-12-base zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5
@@ -63,11 +65,12 @@ for deb in "$WORK"/debs/*.deb; do dpkg -x "$deb" "$WORK/root"; done
 WHEELS=("numpy<2" tflite-runtime)
 [ "$WITH_ORT" = 1 ] && WHEELS+=(onnxruntime)
 [ "$WITH_LITERT" = 1 ] && WHEELS+=(ai-edge-litert)
+[ "$WITH_OPENVINO" = 1 ] && WHEELS+=(openvino)
 echo "rpi-emu: downloading aarch64 wheels: ${WHEELS[*]}"
 PIP=(python3 -m pip)
 [ -x "${VIRTUAL_ENV:-}/bin/python" ] && PIP=("$VIRTUAL_ENV/bin/python" -m pip)
 PLATFORMS=()
-for tag in manylinux2014 manylinux_2_17 manylinux_2_27 manylinux_2_28 manylinux_2_34; do
+for tag in manylinux2014 manylinux_2_17 manylinux_2_27 manylinux_2_28 manylinux_2_34 manylinux_2_35; do
   PLATFORMS+=(--platform "${tag}_aarch64")
 done
 "${PIP[@]}" download -q --dest "$WORK/wheels" --only-binary=:all: "${PLATFORMS[@]}" --python-version 3.11 --implementation cp --abi cp311 "${WHEELS[@]}"

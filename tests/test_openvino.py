@@ -149,7 +149,7 @@ def test_pick_is_the_fastest_within_budget_across_runtimes_and_says_why():
     assert [c["chosen"] for c in pick["candidates"]] == [False, False, False, True]
     assert [c["within_budget"] for c in pick["candidates"]] == [True, False, True, True]
     assert "fastest of 3" in pick["reason"] and "1.20x faster than the next, openvino fp32" in pick["reason"]
-    assert "over the budget: openvino int8" in pick["reason"] and "-5.00 points" in pick["reason"]
+    assert "over the budget on validation: openvino int8" in pick["reason"] and "-5.00 points" in pick["reason"]
     none = pick_deployment([_entry("onnx", "int8", 0.1, 0.5)], 0.9, 0.01, "rpi4")
     assert none["chosen"] is None and "no candidate" in none["reason"]
 

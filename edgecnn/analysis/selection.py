@@ -55,10 +55,10 @@ def pick_deployment(entries: list[dict], reference: float | None, budget: float,
         reason += (f", {second['p50_ms'] / best['p50_ms']:.2f}x faster than the next, {_label(second)} "
                    f"({second['p50_ms']:.3f} ms)")
     if best["score"] is not None and reference is not None:
-        reason += f"; score {best['score']:.4f} against {reference:.4f} for fp32 PyTorch"
+        reason += f"; validation score {best['score']:.4f} against {reference:.4f} for fp32 PyTorch"
     over = [r for r in rows if not r["within_budget"]]
     if over:
-        reason += "; over the budget: " + ", ".join(
+        reason += "; over the budget on validation: " + ", ".join(
             f"{_label(r)} ({100 * (r['score'] - reference):+.2f} points)" for r in over
         )
     out.update(chosen={k: best[k] for k in ("name", "format", "runtime", "precision", "path")}, reason=reason)

@@ -99,7 +99,7 @@ BUILTIN = {
         "transport": "emulated",
         "root": "~/.cache/edgecnn/rpi-emu",
         "python": "/usr/bin/python3.11",
-        "runtimes": ["tflite-runtime", "onnxruntime", "litert"],
+        "runtimes": ["tflite-runtime", "onnxruntime", "litert", "openvino"],
         "emulated": True,
     },
 }

@@ -40,9 +40,13 @@ from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.preflight import preflight
 
 
+VERSIONED = ("torch", "torch_pruning", "onnx", "onnxruntime", "litert_torch", "ai_edge_litert", "openvino", "nncf")
+"""The libraries whose version is part of every stage key (a new converter or quantizer redoes the stage)."""
+
+
 def _versions() -> dict:
     env = environment()
-    return {k: env[k] for k in ("torch", "torch_pruning", "onnx", "onnxruntime", "litert_torch", "ai_edge_litert")}
+    return {k: env[k] for k in VERSIONED if k in env}
 
 
 def stage_key(stage: Stage, ctx: Context) -> dict:
