@@ -69,9 +69,10 @@ def main() -> None:
     sweep = json.loads((out / "sweep.json").read_text())
     comp = json.loads((out / "compare.json").read_text())
     plot_device(comp["rows"], "local-cpu", HERE / "cifar10_pareto.png")
-    fits = {}
+    fits, splits = {}, set()
     for v in sweep["variants"]:
         rep = json.loads((out / v["path"] / "report.json").read_text())
+        splits.add(str(rep.get("decision_split")))
         prune = rep["stages"].get("prune", {})
         fits[v["name"]] = {**{k: prune.get(k) for k in ("macs_reduction", "ratio", "accuracy", "wall_s")},
                            "epochs": [s.get("epochs") for s in prune.get("steps", [])]}
@@ -82,6 +83,8 @@ def main() -> None:
                  "for validation)", "eval": comp["data"], "eval_sha256": comp["eval_sha256"]},
         "fine_tune": {"epochs": 1, "distill_from": "the unpruned ResNet-56", "per_variant": fits},
         "environment": environment(),
+        "decision_split": "/".join(sorted(splits)),
+        "figures_split": "test",
         "wall_s": round(wall, 1),
         "sweep": {k: sweep[k] for k in ("backend", "workers", "variants", "shared")},
         "rows": [{k: r[k] for k in ("run", "model", "format", "precision", "size_kb", "params", "macs", "accuracy",

@@ -20,6 +20,8 @@ from edgecnn.core.environment import environment
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "quickstart.yaml"
+FIELDS = ("name", "format", "precision", "size_bytes", "params", "macs", "accuracy", "val_accuracy", "eval_samples",
+          "metrics", "latency_ms", "peak_memory_mb", "runtime", "parity")
 
 
 def main() -> None:
@@ -37,14 +39,16 @@ def main() -> None:
         "command": "edgecnn compress recipes/quickstart.yaml",
         "wall_s": round(wall, 1),
         "environment": environment(),
+        "decision_split": report.get("decision_split"),
+        "figures_split": "test",
+        "deployments": report.get("deployments", {}),
         "stage_wall_s": {k: v.get("wall_s") for k, v in report["stages"].items()},
         "checks": {
             "wall_under_180s": wall < 180,
             "tflite_int8_size_over_teacher_fp32_weights": tfl8["size_bytes"] / (4 * teacher["params"]),
             "tflite_int8_accuracy_minus_teacher": tfl8["accuracy"] - teacher["accuracy"],
         },
-        "models": [{k: m[k] for k in ("name", "format", "precision", "size_bytes", "params", "macs", "accuracy",
-                                      "latency_ms", "peak_memory_mb", "runtime", "parity")} for m in models],
+        "models": [{k: m.get(k) for k in FIELDS} for m in models],
     }
     (HERE / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
     (HERE / "quickstart.md").write_text(markdown_table(HEADER, model_rows(models)) + "\n")
