@@ -263,7 +263,7 @@ def _print_export(record: dict) -> None:
 
 @main.command(epilog=_example("export"))
 @click.argument("model_path", type=click.Path(path_type=Path))
-@click.option("--format", "formats", default="onnx,tflite", show_default=True)
+@click.option("--format", "formats", default="onnx,tflite,openvino", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run the onnxscript optimizer.")
 @export_gate_options
@@ -281,7 +281,7 @@ def export(model_path, formats, opset, simplify, min_agreement, on_fail, data_sp
 
 @main.command(epilog=_example("quantize"))
 @click.argument("model_path", type=click.Path(path_type=Path))
-@click.option("--format", "formats", default="onnx,tflite", show_default=True)
+@click.option("--format", "formats", default="onnx,tflite,openvino", show_default=True)
 @click.option("--calib-samples", type=int, default=256, show_default=True)
 @click.option("--select", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True,
               help="auto: measure several ONNX configs and keep the fastest within the budget; fixed: the given one.")
