@@ -85,6 +85,9 @@ def test_head_spec_carries_the_datas_keypoints_and_user_models_get_theirs_inferr
     assert task.kept_layers(user, inferred) == ["2"]
     with pytest.raises(UserError, match=r"outputs \(1, 10\), not heatmaps"):
         task.head_spec(nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 10)), data)
+    detector = build_model(ModelInfo("det_tiny", {}, 10, data.input_shape))
+    with pytest.raises(UserError, match="TinyDetector: its head is 'center_size', not keypoint heatmaps"):
+        task.head_spec(detector, data)
     with pytest.raises(UserError, match="built for 3 keypoints"):
         task.head_spec(nn.Sequential(nn.Conv2d(1, 3, 3, 4, 1)), data)
 

@@ -87,9 +87,11 @@ class KeypointsTask(Task):
     def head_spec(self, model: nn.Module, data: Dataset) -> dict:
         spec = getattr(model, "head_spec", None)
         head = dict(spec()) if callable(spec) else infer_head(model, data.input_shape)
+        if head.get("kind") != "heatmap":
+            raise UserError(f"{type(model).__name__}: its head is {head.get('kind')!r}, not keypoint heatmaps; "
+                            "use a zoo pose model (pose_small, pose_mobile) or one that returns one map per keypoint")
         want = list(data.input_shape[1:])
-        if head.get("kind") != "heatmap" or list(head.get("input_size", want)) != want \
-                or head.get("num_keypoints") != data.num_classes:
+        if list(head.get("input_size", want)) != want or head.get("num_keypoints") != data.num_classes:
             raise UserError(
                 f"{type(model).__name__}: built for {head.get('num_keypoints')} keypoints at {head.get('input_size')}, "
                 f"the data have {data.num_classes} at {want}; rebuild it for the data (num_classes, image_size)"
