@@ -137,12 +137,19 @@ def _check_export(task, model, head, data, path, batch, n=60):
     assert abs(check["oks_ap_delta"]) < 1e-3 and check["max_abs_diff"] < 1e-3, (path.suffix, check)
 
 
-def test_onnx_export_of_the_student_decodes_to_pytorchs_keypoints(trained, data, tmp_path):
+def test_onnx_export_of_the_student_decodes_to_pytorchs_keypoints_and_int8_stays_close(trained, data, tmp_path):
     from edgecnn.compression.export import export_onnx
+    from edgecnn.compression.quantize import quantize_onnx
 
     task, model, head, _ = trained
     export_onnx(model, data.input_shape, tmp_path / "student.onnx")
     _check_export(task, model, head, data, tmp_path / "student.onnx", 30)
+    calib = data.normalize(data.calibration(64).x).numpy()
+    quantize_onnx(tmp_path / "student.onnx", tmp_path / "student_int8.onnx", calib)
+    mean, std = np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    raw = _run(tmp_path / "student_int8.onnx", data.test.x.numpy(), mean, std, 50)
+    check = task.parity(raw, raw_outputs(model, data, data.test), data.test.y, head)
+    assert check["agreement"] > 0.97 and check["mean_distance_px"] < 0.5 and abs(check["oks_ap_delta"]) < 0.03, check
 
 
 @pytest.mark.slow

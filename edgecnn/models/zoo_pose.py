@@ -8,8 +8,8 @@ channels. The forward pass returns the raw heatmaps (N, K, H/4, W/4): no arg-max
 graph, so it exports to ONNX and TFLite as it is and `edgecnn/tasks/keypoints/decode.py` decodes
 it one way on the host and on a device. `head_spec()` describes that tensor.
 
-`pose_small` (about 0.4M parameters) uses plain 3x3 conv-BN-ReLU blocks; `pose_mobile` (about
-0.05M) is MobileNet-style: depthwise-separable blocks (3x3 depthwise, 1x1 pointwise, ReLU6, as in
+`pose_small` (about 0.56M parameters) uses plain 3x3 conv-BN-ReLU blocks; `pose_mobile` (about
+0.04M) is MobileNet-style: depthwise-separable blocks (3x3 depthwise, 1x1 pointwise, ReLU6, as in
 MobileNetV1, Howard et al. 2017) in the backbone and the head. Both end at the same stride, so a
 student distils cell by cell from its teacher's heatmaps.
 """
