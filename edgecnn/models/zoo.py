@@ -1,5 +1,5 @@
-"""Small CNNs suited to edge targets: LeNet-5 for 28x28 digits, CIFAR ResNets, MobileNetV2-32, and the
-detectors of zoo_detect.py."""
+"""Small CNNs suited to edge targets: LeNet-5 for 28x28 digits, CIFAR ResNets, MobileNetV2-32, the
+detectors of zoo_detect.py and the heatmap pose models of zoo_pose.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.models.zoo_detect import DETECTORS
+from edgecnn.models.zoo_pose import POSE_MODELS
 
 
 class LeNet(nn.Module):
@@ -165,4 +166,5 @@ ZOO = {
     **{f"cifar_resnet{d}": _resnet(d) for d in (8, 14, 20, 26, 32, 44, 56)},
     "mobilenetv2_cifar": _mbv2,
     **DETECTORS,
+    **POSE_MODELS,
 }

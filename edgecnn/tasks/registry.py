@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgecnn.core.errors import UserError
 from edgecnn.tasks.base import Task
 
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "keypoints")
 DEFAULT_TASK = "classification"
 
 
@@ -19,4 +19,8 @@ def get_task(name: str = DEFAULT_TASK) -> Task:
         from edgecnn.tasks.detection.task import DetectionTask
 
         return DetectionTask()
+    if name == "keypoints":
+        from edgecnn.tasks.keypoints.task import KeypointsTask
+
+        return KeypointsTask()
     raise UserError(f"task {name!r} is unknown; use one of {', '.join(TASKS)}")

@@ -1,0 +1,1 @@
+"""Keypoints: single-instance keypoint estimation with heatmap models (see task.py)."""

@@ -1,0 +1,177 @@
+"""pose_mobile really learns mnist-keypoints (OKS-AP through the numpy decoder and pycocotools), learns from a
+teacher's heatmaps alone, prunes with its heatmap conv kept whole, and both zoo pose models export to ONNX and
+TFLite whose heatmaps decode to PyTorch's keypoints (the TFLite conversions, 20-30 s each, are marked slow)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from edgecnn.config.recipe import DistillConfig
+from edgecnn.core.errors import UserError
+from edgecnn.models.files import ModelInfo, build_model
+from edgecnn.tasks.base import raw_outputs
+from edgecnn.tasks.keypoints.data import load_keypoints_data
+from edgecnn.tasks.registry import get_task
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_keypoints_data("mnist-keypoints", SIZE, mnist_counts={"train": 480, "val": 40, "test": 200})
+
+
+def _train(model, data, task, epochs, lr=0.01, teacher=None, kd=None, seed=0):
+    head = task.head_spec(model, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(data.train) // 32)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for x, y in task.batches(data, data.train, 32, shuffle=True, augment=True, generator=g, drop_last=True):
+            xn = data.normalize(x)
+            out = model(xn)
+            if teacher is None:
+                loss = task.loss(out, y, head)
+            else:
+                with torch.no_grad():
+                    t_out = teacher(xn)
+                loss = task.distill_loss(out, t_out, y, head, kd)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def _build(spec, data, seed):
+    torch.manual_seed(seed)
+    return build_model(ModelInfo(spec, {}, data.num_classes, data.input_shape))
+
+
+@pytest.fixture(scope="module")
+def trained(data, one_thread):
+    task = get_task("keypoints")
+    model = _build("pose_mobile", data, 0)
+    head = task.head_spec(model, data)
+    untrained = task.evaluate(raw_outputs(model, data, data.test), data.test.y, head)
+    model = _train(model, data, task, epochs=4)
+    return task, model, head, untrained
+
+
+def test_short_training_of_the_student_beats_an_untrained_model_clearly(trained, data):
+    task, model, head, untrained = trained
+    metrics = task.evaluate(raw_outputs(model, data, data.test), data.test.y, head)
+    assert set(metrics) == {"oks_ap", "oks_ap50", "oks_ap75", "pck10", "pck20"}
+    assert task.score(metrics) == metrics["oks_ap"]
+    assert untrained["oks_ap"] < 0.01 and untrained["pck20"] < 0.2, untrained
+    assert metrics["oks_ap"] > 0.3 and metrics["pck20"] > 0.8, metrics
+
+
+def test_head_spec_carries_the_datas_keypoints_and_user_models_get_theirs_inferred(trained, data):
+    task, model, head, _ = trained
+    assert head == {"kind": "heatmap", "num_keypoints": 4, "stride": 4, "input_size": [SIZE, SIZE], "target_sigma": 1.5,
+                    "keypoints": ["top", "bottom", "left", "right"], "sigmas": [0.05] * 4}
+    assert task.kept_layers(model, head) == ["pred"]
+    user = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, 2, 1))  # no head_spec()
+    inferred = task.head_spec(user, data)
+    assert inferred["stride"] == 4 and inferred["num_keypoints"] == 4 and inferred["keypoints"] == data.classes
+    assert task.kept_layers(user, inferred) == ["2"]
+    with pytest.raises(UserError, match=r"outputs \(1, 10\), not heatmaps"):
+        task.head_spec(nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 10)), data)
+    detector = build_model(ModelInfo("det_tiny", {}, 10, data.input_shape))
+    with pytest.raises(UserError, match="TinyDetector: its head is 'center_size', not keypoint heatmaps"):
+        task.head_spec(detector, data)
+    with pytest.raises(UserError, match="built for 3 keypoints"):
+        task.head_spec(nn.Sequential(nn.Conv2d(1, 3, 3, 4, 1)), data)
+
+
+def test_distillation_on_the_teachers_heatmaps_alone_teaches_a_fresh_student(trained, data, one_thread):
+    task, teacher, head, untrained = trained
+    x, y = data.normalize(data.val.x[:16]), data.val.y[:16]
+    with torch.no_grad():
+        t_out = teacher(x)
+    kd = DistillConfig(alpha=1.0)
+    assert float(task.distill_loss(t_out, t_out, y, head, kd)) == 0.0
+    mixed = DistillConfig(alpha=0.0)
+    assert torch.equal(task.distill_loss(t_out, t_out, y, head, mixed), task.loss(t_out, y, head))
+    with pytest.raises(UserError, match="teacher and student heatmaps of one shape"):
+        task.distill_loss(t_out, t_out[..., :8, :8], y, head, kd)
+    student = _train(_build("pose_mobile", data, 5), data, task, epochs=3, teacher=teacher, kd=kd)
+    metrics = task.evaluate(raw_outputs(student, data, data.test), data.test.y, head)
+    assert metrics["pck20"] > 0.6 and metrics["oks_ap"] > 0.1, metrics  # no label was used
+
+
+def test_pruning_keeps_the_heatmap_conv_whole(trained, data):
+    from edgecnn.compression.pruning import ChannelPruner
+
+    task, model, head, _ = trained
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    example = torch.zeros(1, *data.input_shape)
+    ChannelPruner(pruned, example, ratio=0.3, ignored=[modules[n] for n in task.kept_layers(model, head)]).step()
+    assert sum(p.numel() for p in pruned.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+    assert pruned.pred.out_channels == 4 and pruned(example).shape == model(example).shape == (1, 4, 16, 16)
+
+
+def _run(path, x, mean, std, batch):
+    from edgecnn.runtime.agent import normalize, open_runtime
+
+    rt = open_runtime(str(path), threads=1)
+    return np.concatenate([rt.run(normalize(x[i : i + batch], mean, std)) for i in range(0, len(x), batch)])
+
+
+def _check_export(task, model, head, data, path, batch, n=60):
+    test = data.test.head(n)
+    raw = _run(path, test.x.numpy(), np.array(data.mean, np.float32), np.array(data.std, np.float32), batch)
+    ref = raw_outputs(model, data, test)
+    assert raw.shape == ref.shape == (n, 4, 16, 16)
+    check = task.parity(raw, ref, test.y, head)
+    assert check["agreement"] == 1.0 and check["mean_distance_px"] < 0.01, (path.suffix, check)
+    assert abs(check["oks_ap_delta"]) < 1e-3 and check["max_abs_diff"] < 1e-3, (path.suffix, check)
+
+
+def test_onnx_export_of_the_student_decodes_to_pytorchs_keypoints_and_int8_stays_close(trained, data, tmp_path):
+    from edgecnn.compression.export import export_onnx
+    from edgecnn.compression.quantize import quantize_onnx
+
+    task, model, head, _ = trained
+    export_onnx(model, data.input_shape, tmp_path / "student.onnx")
+    _check_export(task, model, head, data, tmp_path / "student.onnx", 30)
+    calib = data.normalize(data.calibration(64).x).numpy()
+    quantize_onnx(tmp_path / "student.onnx", tmp_path / "student_int8.onnx", calib)
+    mean, std = np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    raw = _run(tmp_path / "student_int8.onnx", data.test.x.numpy(), mean, std, 50)
+    check = task.parity(raw, raw_outputs(model, data, data.test), data.test.y, head)
+    assert check["agreement"] > 0.97 and check["mean_distance_px"] < 0.5 and abs(check["oks_ap_delta"]) < 0.03, check
+
+
+@pytest.mark.slow
+def test_tflite_export_of_the_student_decodes_to_pytorchs_keypoints(trained, data, tmp_path):
+    from edgecnn.compression.export import export_tflite
+
+    task, model, head, _ = trained
+    export_tflite(model, data.input_shape, tmp_path / "student.tflite")
+    _check_export(task, model, head, data, tmp_path / "student.tflite", 1, n=30)  # batch 1
+
+
+@pytest.mark.slow
+def test_onnx_and_tflite_exports_of_the_teacher_match_pytorch(data, tmp_path):
+    from edgecnn.compression.export import export_onnx, export_tflite
+
+    model = _build("pose_small", data, 1).eval()
+    test = data.test.head(8)
+    x, mean, std = test.x.numpy(), np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    ref = raw_outputs(model, data, test)
+    export_onnx(model, data.input_shape, tmp_path / "teacher.onnx")
+    export_tflite(model, data.input_shape, tmp_path / "teacher.tflite")
+    for path, batch in ((tmp_path / "teacher.onnx", 8), (tmp_path / "teacher.tflite", 1)):
+        raw = _run(path, x, mean, std, batch)
+        assert raw.shape == ref.shape == (8, 4, 16, 16)
+        np.testing.assert_allclose(raw, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
