@@ -39,7 +39,6 @@ from edgecnn.core.progress import log
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.preflight import preflight
 
-
 VERSIONED = ("torch", "torch_pruning", "onnx", "onnxruntime", "litert_torch", "ai_edge_litert", "openvino", "nncf")
 """The libraries whose version is part of every stage key (a new converter or quantizer redoes the stage)."""
 
