@@ -68,6 +68,18 @@ def integer_macs(path: str | Path) -> dict:
     return _summary(layers)
 
 
+MOSTLY_FLOAT = 0.5  # an "int8" file with a smaller share of its MACs in integer kernels is flagged
+
+
+def proof_fields(path: str | Path) -> dict:
+    """The fields an int8 model entry carries: `integer_mac_share`, `macs_integer`, `macs_total`,
+    `float_islands`, and `mostly_float` (under half of the MACs in integer kernels)."""
+    r = integer_macs(path)
+    share = r["integer_mac_share"]
+    return {"integer_mac_share": share, "macs_integer": r["macs_integer"], "macs_total": r["macs_total"],
+            "float_islands": r["float_islands"], "mostly_float": share is not None and share < MOSTLY_FLOAT}
+
+
 # ---- ONNX -----------------------------------------------------------------------------------------
 
 
