@@ -20,6 +20,7 @@ import numpy as np
 from edgecnn.compression.quantize import quantize_onnx
 from edgecnn.core.console import quiet_libraries
 
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 SQNR_IMAGES = 32  # validation images whose every activation the cross-model SQNR compares
 
 
@@ -88,6 +89,7 @@ def onnx_sensitivity(
 def _activation_sqnr(fp32: Path, qdq: Path, x: np.ndarray, work: Path) -> dict[str, float]:
     """ONNX node name -> SQNR (dB) of its output in the int8 file against the fp32 file (qdq_loss_debug)."""
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -95,7 +97,7 @@ def _activation_sqnr(fp32: Path, qdq: Path, x: np.ndarray, work: Path) -> dict[s
         modify_model_output_intermediate_tensors,
     )
 
-    class Reader:
+    class Reader(CalibrationDataReader):
         def __init__(self, name: str):
             self.items = iter([{name: x[i : i + 1]} for i in range(len(x))])
 
@@ -103,7 +105,10 @@ def _activation_sqnr(fp32: Path, qdq: Path, x: np.ndarray, work: Path) -> dict[s
             return next(self.items, None)
 
     graph = onnx.load(str(fp32), load_external_data=False).graph
-    outputs = {n.output[0]: n.name for n in graph.node if n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     name = graph.input[0].name
     with quiet_libraries(), tempfile.TemporaryDirectory(dir=work) as tmp:
         a_fp32, a_qdq = Path(tmp) / "fp32.aug.onnx", Path(tmp) / "qdq.aug.onnx"
@@ -111,5 +116,13 @@ def _activation_sqnr(fp32: Path, qdq: Path, x: np.ndarray, work: Path) -> dict[s
         modify_model_output_intermediate_tensors(str(qdq), str(a_qdq))
         matched = create_activation_matching(collect_activations(str(a_qdq), Reader(name)),
                                              collect_activations(str(a_fp32), Reader(name)))
-    errors = compute_activation_error(matched)
-    return {outputs[t]: e["xmodel_err"] for t, e in errors.items() if t in outputs and "xmodel_err" in e}
+    errors = {t: e["xmodel_err"] for t, e in compute_activation_error(matched).items() if "xmodel_err" in e}
+    out = {}
+    for n in graph.node:
+        t = n.output[0] if n.output else None
+        while t is not None and t not in errors:  # ONNX Runtime fuses Conv+Relu: the layer's int8 output follows
+            nxt = consumers.get(t, [])
+            t = nxt[0].output[0] if len(nxt) == 1 and nxt[0].op_type in FUSED_ACTIVATIONS else None
+        if t is not None:
+            out[n.name] = errors[t]
+    return out

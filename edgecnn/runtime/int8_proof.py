@@ -69,6 +69,8 @@ def integer_macs(path: str | Path) -> dict:
 
 
 MOSTLY_FLOAT = 0.5  # an "int8" file with a smaller share of its MACs in integer kernels is flagged
+ENTRY_KEYS = ("integer_mac_share", "macs_integer", "macs_total", "float_islands", "mostly_float", "float_layers")
+"""The keys an int8 model entry of report.json carries (float_layers: the layers the quantize stage kept float)."""
 
 
 def proof_fields(path: str | Path) -> dict:

@@ -108,7 +108,10 @@ class MixedPrecision:
         start = time.perf_counter()
         tried: list[dict] = []
 
+        order = self._layer_names()
+
         def meets(names: list[str]) -> bool:
+            names = sorted(names, key=order.index)
             c = self.quantize(fmt, {**base, "float_layers": names}, f"mixed{len(names)}")
             tried.append(c)
             return within_budget(self.run.ref_val_acc, c["val_accuracy"], self.cfg.accuracy_budget)
