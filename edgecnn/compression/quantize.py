@@ -57,18 +57,32 @@ def _in_modules(node, modules: set[str]) -> bool:
 
 
 def float_inputs(prepared: nn.Module, float_layers: Sequence[str]) -> None:
-    """Feed each layer of `float_layers` its producer's float output, not the int8 observed one, in place.
+    """Feed each layer of `float_layers` a float input, in place: the value before the int8 observer.
 
     The TFLite converter quantizes a float convolution whose input and output are both quantized
-    (weights included), so a layer only stays float when its input is float.
+    (weights included), so a layer only stays float when its input is float. Ops between the observer
+    and the layer that only pass the quantized value on (max-pooling, reshapes) are copied onto the
+    float value; a layer fed by anything else (an add of two branches) keeps its input as it is. The
+    converter decides the rest: a producer whose int8 output fed only that layer runs in float too, so
+    the file's own float islands (runtime/int8_proof.py) say what runs in float.
     """
-    skip = set(float_layers)
-    for node in prepared.graph.nodes:
+    skip, graph = set(float_layers), prepared.graph
+    for node in list(graph.nodes):
         if node.op != "call_function" or not _in_modules(node, skip) or not node.args:
             continue
-        src = node.args[0]
-        if getattr(src, "op", None) == "call_module" and str(src.target).startswith("activation_post_process"):
-            node.replace_input_with(src, src.args[0])
+        chain, src = [], node.args[0]
+        while getattr(src, "op", None) == "call_function" and not _in_modules(src, skip) and \
+                sum(isinstance(a, torch.fx.Node) for a in src.args) == 1 and isinstance(src.args[0], torch.fx.Node):
+            chain.append(src)
+            src = src.args[0]
+        if getattr(src, "op", None) != "call_module" or not str(src.target).startswith("activation_post_process"):
+            continue
+        value = src.args[0]
+        for op in reversed(chain):
+            with graph.inserting_before(node):
+                value = graph.call_function(op.target, (value, *op.args[1:]), dict(op.kwargs))
+            value.meta = {k: v for k, v in op.meta.items() if k != "quantization_annotation"}
+        node.replace_input_with(node.args[0], value)
     prepared.recompile()
 
 
