@@ -10,8 +10,10 @@ teacher and fp32 export, with `select: fixed`:
 - `qat`: quantization-aware training (`fallback: none`, `qat.enabled: true`).
 Every file is measured by the agent like any candidate: the validation score (what decides), the test
 score (what is reported), batch-1 p50 at `--threads`, size, and the share of its MACs in integer
-kernels read from the file. `seconds` is the stage's wall time to produce the file; the sensitivity
-measurement that a missing full int8 triggers is counted only for `mixed`.
+kernels read from the file. `seconds` is the quantize stage's wall time (every format of the run
+together: one stage makes them all); the sensitivity measurement that a missing full int8 triggers is
+counted only for `mixed`, which also lists `sensitivity_seconds` (once for every format) and its
+format's own `fallback_seconds` (the files tried). fp32's `seconds` is the export stage's.
 
 Presets: `tiny`: a LeNet-small trained one epoch on the mnist5k digits, given an outlier unit (fc1's
 unit 0 x1000, fc2's weights from it /1000: the same fp32 function, but per-tensor int8 of that
@@ -76,15 +78,18 @@ def resnet56_teacher(data_spec: str) -> tuple[dict, dict]:
 def variant_row(q: dict, fmt: str, name: str) -> dict:
     """One variant's file of `fmt` from its quantize stage record."""
     rec = q["files"][fmt]
+    spent = (q.get("sensitivity") or {}).get("seconds", {})
     seconds = q["wall_s"]
     if name != "mixed":  # a missing full int8 triggers the sensitivity table: that is mixed precision's cost
-        seconds -= (q.get("sensitivity") or {}).get("seconds", {}).get("sensitivity", 0.0)
+        seconds -= spent.get("sensitivity", 0.0)
+    extra = {"sensitivity_seconds": round(spent.get("sensitivity", 0.0), 1),
+             "fallback_seconds": round(spent.get(f"fallback_{fmt}", 0.0), 1)} if name == "mixed" else {}
     return {
         "val_score": rec["val_accuracy"], "test_score": rec["accuracy"], "p50_ms": rec["p50_ms"],
         "size_bytes": rec["size_bytes"], "integer_mac_share": rec["integer_mac_share"],
         "float_layers": rec["float_layers"], "float_islands": rec["float_islands"], "config": rec["config"],
         "qat": rec["qat"], "within_budget": rec["reference_val_accuracy"] - rec["val_accuracy"] <= q["budget"] + 1e-6,
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), **extra,
     }
 
 
