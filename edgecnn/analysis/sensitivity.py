@@ -57,7 +57,8 @@ def sensitivity_lines(stage: dict | None, stage_dir: str = "quantize") -> list[s
     s = stage.get("sensitivity")
     if s:
         worst = ", ".join(f"{r['layer']} ({r['output_sqnr_db']:.1f} dB)" for r in s["most_sensitive"])
-        lines += [f"int8 sensitivity per layer ({s['layers']} layers, {s['decision_split']} split, "
+        images = f"{s['images']:,} " if s.get("images") else ""
+        lines += [f"int8 sensitivity per layer ({s['layers']} layers, {images}{s['decision_split']} images, "
                   f"`{stage_dir}/{s['table']}`): most sensitive {worst}.", "",
                   f"![int8 sensitivity]({stage_dir}/{s['plot']})"]
     return lines

@@ -1,7 +1,8 @@
 """The quantize stage's mixed precision: per-layer int8 sensitivity and the layers kept in float.
 
 `quantize.fallback: auto`: when no post-training int8 file of a format meets the budget, the layers
-are ranked by int8 sensitivity (compression/sensitivity.py, on the validation split) and the fewest
+are ranked by int8 sensitivity (compression/sensitivity.py, on up to SENSITIVITY_IMAGES validation
+images drawn evenly) and the fewest
 most sensitive ones are kept in float until a file meets it (compression/mixed.py); every file
 tried is measured like any other candidate, before QAT is tried. An explicit list keeps those layers
 in float in every post-training file. The sensitivity table and plot go to the stage folder
@@ -37,13 +38,14 @@ from edgecnn.pipeline.stages.common import DECISION_SPLIT
 
 MIXED_FORMATS = ("onnx", "tflite")  # OpenVINO int8 (NNCF) has no float fallback here yet
 MOST_SENSITIVE = 5  # layers named in the stage summary and report.md
+SENSITIVITY_IMAGES = 1000  # validation images each layer's int8 file is scored on (one ORT pass per layer)
 
 
 class MixedPrecision:
     """Sensitivity and float fallback of one quantize run (`run` is the stage's QuantizeRun)."""
 
     def __init__(self, run: Any, val: Split):
-        self.run, self.val = run, val
+        self.run, self.val = run, val.head(SENSITIVITY_IMAGES)
         self.cfg = run.ctx.recipe.quantize
         self._layers: list[dict] | None = None
         self._nodes: dict[Path, dict[str, list[str]]] = {}
@@ -74,7 +76,7 @@ class MixedPrecision:
         return [n for name in names for n in self._nodes[src].get(name, [])]
 
     def score(self, logits) -> float:
-        """The decision score of validation logits (the stages' accuracy helper)."""
+        """The decision score of the sensitivity images' logits (the stages' accuracy helper)."""
         return accuracy(torch.as_tensor(logits), self.val.y)
 
     def sensitivity(self) -> list[dict]:
@@ -149,6 +151,7 @@ class MixedPrecision:
             **names,
             "decision_split": DECISION_SPLIT,
             "layers": len(rows),
+            "images": len(self.val),
             "ranked_by": "output_sqnr_db",
             "measured_with": f"onnxruntime, {describe({**self.cfg.onnx.model_dump(), 'format': 'qdq'})}",
             "most_sensitive": [{k: r[k] for k in ("layer", "output_sqnr_db", "score_drop")} for r in worst],
