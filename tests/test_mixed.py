@@ -149,6 +149,30 @@ def test_an_unknown_layer_is_one_error_listing_the_valid_ones(mixed_run, outlier
     assert json.loads((run / "report.json").read_text())["stages"]["quantize"]["files"]["onnx"]["float_layers"]
 
 
+def test_openvino_layers_kept_float_are_float_islands(mixed_run, tmp_path):
+    """NNCF's ignored scope gets the IR nodes of the listed layers; the int8 IR runs them in float."""
+    import numpy as np
+
+    from edgecnn.compression.mixed import openvino_layer_nodes, quantizable_layers
+    from edgecnn.compression.openvino_ir import onnx_to_openvino, quantize_openvino
+    from edgecnn.models.files import ModelInfo, build_model
+    from edgecnn.runtime.int8_proof import integer_macs
+
+    run, _ = mixed_run
+    onnx_to_openvino(run / "export" / "model.onnx", tmp_path / "fp32.xml", (1, 28, 28))
+    layers = quantizable_layers(build_model(ModelInfo("lenet_small", {}, 10, (1, 28, 28))), (1, 28, 28))
+    nodes = openvino_layer_nodes(tmp_path / "fp32.xml", layers)
+    assert list(nodes) == LAYERS
+    calib = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    quantize_openvino(tmp_path / "fp32.xml", tmp_path / "mixed.xml", calib, ignored=nodes["fc1"] + nodes["fc2"])
+    r = integer_macs(tmp_path / "mixed.xml")
+    assert integer_macs(tmp_path / "fp32.xml")["integer_mac_share"] == 0.0
+    # one island ending at fc2; NNCF may leave conv2 (whose output only reaches fc1) unquantized with it
+    assert [i["last"] for i in r["float_islands"]] == nodes["fc2"]
+    assert r["float_islands"][0]["first"] in nodes["conv2"] + nodes["fc1"]
+    assert 0 < r["integer_mac_share"] < 1 and r["layers_integer"] >= 2  # conv1 and fc stay int8
+
+
 def test_check_float_layers_accepts_containers_and_names_unknown_ones():
     layers = [{"name": n} for n in ("features.0", "features.1.block.0", "features.1.block.3", "fc")]
     assert check_float_layers(["features.1", "fc"], layers) == ["features.1", "fc"]

@@ -1,8 +1,9 @@
 """Mixed-precision int8: the layers int8 may leave in float, their ONNX nodes, and the fewest to keep in float.
 
 Layers are named by their PyTorch module path (`features.3.block.0`), the same name for every format:
-the ONNX quantizer gets the matching ONNX nodes (`nodes_to_exclude`), the TFLite (PT2E) quantizer the
-module names. A name may also be a container (`features.3`): every layer inside it is meant.
+the ONNX quantizer gets the matching ONNX nodes (`nodes_to_exclude`), NNCF the matching OpenVINO IR
+nodes (its ignored scope), the TFLite (PT2E) quantizer the module names. A name may also be a
+container (`features.3`): every layer inside it is meant.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgecnn.core.errors import UserError
 
 LAYER_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear")  # aten ops with MACs
 ONNX_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+OPENVINO_LAYER_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 
 
 def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
@@ -76,6 +78,21 @@ def onnx_layer_nodes(path: Path, layers: list[dict]) -> dict[str, list[str]]:
             raise ValueError(f"{path.name}: node {node.name} has weight {w}, layer {layer['name']} "
                              f"{layer['weight_shape']}")
         out.setdefault(layer["name"], []).append(node.name)
+    return out
+
+
+def openvino_layer_nodes(path: Path, layers: list[dict]) -> dict[str, list[str]]:
+    """Layer name -> the OpenVINO IR nodes computing it (the IR converted from the ONNX export keeps its order);
+    an IR whose convolution/matrix nodes do not match the model's layers one to one raises ValueError."""
+    import openvino as ov
+
+    nodes = [n.get_friendly_name() for n in ov.Core().read_model(str(path)).get_ordered_ops()
+             if n.get_type_name() in OPENVINO_LAYER_OPS]
+    if len(nodes) != len(layers):
+        raise ValueError(f"{path.name}: {len(nodes)} convolution/matrix nodes for {len(layers)} layers")
+    out: dict[str, list[str]] = {}
+    for node, layer in zip(nodes, layers, strict=True):
+        out.setdefault(layer["name"], []).append(node)
     return out
 
 

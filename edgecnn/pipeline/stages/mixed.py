@@ -26,8 +26,10 @@ from edgecnn.compression.mixed import (
     expand,
     fewest_float_layers,
     onnx_layer_nodes,
+    openvino_layer_nodes,
     quantizable_layers,
 )
+from edgecnn.compression.openvino_ir import quantize_openvino
 from edgecnn.compression.quantize import quantize_tflite
 from edgecnn.compression.sensitivity import onnx_sensitivity
 from edgecnn.compression.train import accuracy
@@ -36,7 +38,8 @@ from edgecnn.core.progress import log
 from edgecnn.data.datasets import Split
 from edgecnn.pipeline.stages.common import DECISION_SPLIT
 
-MIXED_FORMATS = ("onnx", "tflite")  # OpenVINO int8 (NNCF) has no float fallback here yet
+MIXED_FORMATS = ("onnx", "tflite", "openvino")
+SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}
 MOST_SENSITIVE = 5  # layers named in the stage summary and report.md
 SENSITIVITY_IMAGES = 1000  # validation images each layer's int8 file is scored on (one ORT pass per layer)
 
@@ -66,14 +69,21 @@ class MixedPrecision:
         return self._layers
 
     def onnx_nodes(self, src: Path, names: list[str]) -> list[str]:
-        """The ONNX nodes of `src` computing the layers `names`."""
+        """The ONNX nodes (or, for an .xml, OpenVINO IR nodes) of `src` computing the layers `names`."""
+        if not names:  # nothing kept in float: no layer map needed (nor a model torch.export can trace)
+            return []
+        return [n for name in names for n in self.node_map(src).get(name, [])]
+
+    def node_map(self, src: Path) -> dict[str, list[str]]:
+        """Layer name -> the nodes of the ONNX file or OpenVINO IR `src` computing it, once per file."""
         if src not in self._nodes:
             try:
-                self._nodes[src] = onnx_layer_nodes(src, self.layers())
+                match = openvino_layer_nodes if src.suffix == ".xml" else onnx_layer_nodes
+                self._nodes[src] = match(src, self.layers())
             except ValueError as e:
                 raise UserError(f"quantize.fallback: cannot match {src.name}'s nodes to the model's layers ({e}); "
                                 "set quantize.fallback: none") from None
-        return [n for name in names for n in self._nodes[src].get(name, [])]
+        return self._nodes[src]
 
     def score(self, logits) -> float:
         """The decision score of the sensitivity images' logits (the stages' accuracy helper)."""
@@ -90,15 +100,26 @@ class MixedPrecision:
                 src = run.work / "sensitivity.fp32.onnx"
                 export_onnx(run.model, ctx.data.input_shape, src, ctx.recipe.export.opset, ctx.recipe.export.simplify)
             log(f"quantize: int8 sensitivity of {len(self._layer_names())} layers on the {DECISION_SPLIT} split")
-            self.onnx_nodes(src, [])
             val_x = ctx.data.normalize(self.val.x).numpy()
-            self.rows = onnx_sensitivity(src, self._nodes[src], self.layers(), run.calib().numpy(), val_x,
+            self.rows = onnx_sensitivity(src, self.node_map(src), self.layers(), run.calib().numpy(), val_x,
                                          self.score, self.cfg.onnx.model_dump(), run.work, ctx.recipe.bench.threads)
             self.seconds["sensitivity"] = time.perf_counter() - start
         return self.rows
 
     def _layer_names(self) -> list[str]:
         return list(dict.fromkeys(x["name"] for x in self.layers()))
+
+    def fallback(self, fmt: str, ptq: list[dict], notes: list[str]) -> list[dict]:
+        """When no post-training file of `fmt` meets the budget: the sensitivity table, then (auto) the files
+        keeping layers in float. A model whose layers cannot be named or matched gets a note instead."""
+        try:
+            self.sensitivity()
+            return self.candidates(fmt, ptq)
+        except UserError as e:
+            note = f"{fmt}: no per-layer sensitivity or float fallback ({str(e).removeprefix('quantize.fallback: ')})"
+            notes.append(note)
+            log(f"[yellow]note:[/yellow] {note}")
+            return []
 
     def candidates(self, fmt: str, ptq: list[dict]) -> list[dict]:
         """`fallback: auto` for one format: files keeping the 1, 2, 4, ... most sensitive layers in float (then
@@ -127,13 +148,21 @@ class MixedPrecision:
     def quantize(self, fmt: str, config: dict, stem: str) -> dict:
         """One int8 file of `fmt` with `config` (its `float_layers` kept in float), measured."""
         run, ctx = self.run, self.run.ctx
-        path = run.work / f"{stem}.int8.{'onnx' if fmt == 'onnx' else 'tflite'}"
+        path = run.work / f"{stem}.int8.{SUFFIX[fmt]}"
         if fmt == "onnx":
             run._quantize_onnx(ctx.stage_dir("export") / "model.onnx", path, config)
+        elif fmt == "openvino":
+            self.quantize_openvino(ctx.stage_dir("export") / "model.xml", path, config)
         else:
             quantize_tflite(run.model, ctx.data.input_shape, run.calib(), path, per_channel=config["per_channel"],
                             io=config["io"], float_layers=config.get("float_layers", ()))
         return run._measured(path, config, False)
+
+    def quantize_openvino(self, src: Path, dst: Path, config: dict) -> None:
+        """NNCF int8 of the fp32 IR `src` with `config`, its `float_layers` in NNCF's ignored scope."""
+        quantize_openvino(src, dst, self.run.calib().numpy(), preset=config["preset"],
+                          subset_size=config["subset_size"], fast_bias_correction=config["fast_bias_correction"],
+                          ignored=self.onnx_nodes(src, config.get("float_layers", [])))
 
     def summary(self, files: dict) -> dict | None:
         """The sensitivity table, JSON and plot written to the stage folder, and their summary (None when not

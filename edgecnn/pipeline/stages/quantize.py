@@ -34,7 +34,6 @@ from edgecnn.compression.openvino_ir import (
     export_openvino,
     float_precisions,
     move_ir,
-    quantize_openvino,
     reprecision,
 )
 from edgecnn.compression.qat import QatResult, train_qat
@@ -109,13 +108,10 @@ class QuantizeRun:
                 if fmt == "openvino" and not cfg.openvino.enabled:  # no NNCF int8: the fp32 IR stays
                     candidates[fmt], deploy[fmt] = [self._fp32_row(fmt, fp32)], "fp32"
                     continue
-                if fmt not in MIXED_FORMATS and self.mixed.explicit:
-                    notes.append(f"{fmt}: quantize.fallback lists layers, but {fmt} int8 keeps no layer in float")
                 cands = self._post_training(fmt)
                 best = choose(cands, self.ref_val_acc, budget)
                 if best is None and fmt in MIXED_FORMATS:  # layers kept in float, before QAT
-                    self.mixed.sensitivity()
-                    cands += self.mixed.candidates(fmt, cands)
+                    cands += self.mixed.fallback(fmt, cands, notes)
                     best = choose(cands, self.ref_val_acc, budget)
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
                     cands += self._qat_candidates(fmt, best)
@@ -186,10 +182,11 @@ class QuantizeRun:
         """NNCF int8 IRs of the fp32 IR `src` (one per preset tried), each measured."""
         cfg = self.ctx.recipe.quantize
         out = []
+        explicit = {"float_layers": self.mixed.explicit} if self.mixed.explicit and stem != "qat" else {}
         for i, config in enumerate(openvino_candidates(cfg.openvino, cfg.select)):
+            config = {**config, **explicit}
             path = self.work / f"{stem}{i}.int8.xml"
-            quantize_openvino(src, path, self.calib().numpy(), preset=config["preset"],
-                              subset_size=config["subset_size"], fast_bias_correction=config["fast_bias_correction"])
+            self.mixed.quantize_openvino(src, path, config)
             out.append(self._measured(path, config, stem == "qat"))
         return out
 
