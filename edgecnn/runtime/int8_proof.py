@@ -12,8 +12,8 @@ batch 1 and decides whether it runs in an integer kernel:
 - TFLite: an op is integer when its input and weight tensors are int8/uint8 (int16 activations
   with int8 weights count too); float32 inputs run the float kernel.
 - OpenVINO IR: a `Convolution` / `GroupConvolution` / `MatMul` is integer when its inputs come
-  from `FakeQuantize` nodes (NNCF's pattern, which the CPU plugin runs in int8) or from int8
-  constants.
+  from `FakeQuantize` nodes (NNCF's pattern, which the CPU plugin runs in int8), possibly through
+  max-pooling or reshapes, or from int8 constants.
 
 Consecutive float layers are grouped into "float islands" (named by their first and last layer),
 so a report can say where the float work is.
@@ -240,6 +240,11 @@ def _tflite_layer_name(raw: bytes | str | None) -> str:
 # ---- OpenVINO IR ----------------------------------------------------------------------------------
 
 
+# ops an int8 value passes through unchanged in precision (OpenVINO's low-precision transformations keep
+# max-pooling and reshapes in int8: NNCF puts a FakeQuantize before the pooling, not after it)
+PASS_THROUGH_OPENVINO = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "MaxPool")
+
+
 def _openvino_layers(path: Path) -> list[dict]:
     import numpy as np
     import openvino as ov
@@ -253,7 +258,7 @@ def _openvino_layers(path: Path) -> list[dict]:
             return True
         if t == "Constant":
             return node.get_element_type() in (ov.Type.i8, ov.Type.u8)
-        if depth < 4 and t in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"):
+        if depth < 4 and t in PASS_THROUGH_OPENVINO:
             return from_quantized(node.input_value(0).get_node(), depth + 1)
         return False
 
