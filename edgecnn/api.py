@@ -614,6 +614,8 @@ def quantize(
             else:
                 passed = next(c for c in record["candidates"][fmt] if c["chosen"])["within_budget"]
             f["gate"] = {"accuracy_budget": accuracy_budget, "passed": passed}
+        for key in ("table", "json", "plot") if record.get("sensitivity") else ():  # the int8 sensitivity table
+            _place(ctx.stage_dir("quantize") / record["sensitivity"][key], out / record["sensitivity"][key])
         _write_record(out / "quantize.json", record)
         return {**record, "export": exported}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecnn.analysis.sensitivity import sensitivity_lines
 from edgecnn.analysis.stats import ci_text, entry_interval
 from edgecnn.core.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from edgecnn.core.environment import environment
@@ -26,7 +27,8 @@ def build_report(recipe: dict, results: dict[str, dict], status: dict[str, str],
         "decision_split": decided[0] if len(decided) == 1 else (decided or None),
         "stages": stages,
         "reused_stages": [n for n, s in status.items() if s == "reused"],
-        "notes": [f"{name}: {n}" for name in status for n in results.get(name, {}).get("notes", [])],
+        "notes": [f"{name}: {n}" for name in status for n in results.get(name, {}).get("notes", [])]
+        + mostly_float_notes(results.get("bench", {}).get("models", [])),
         "models": results.get("bench", {}).get("models", []),
         "pruning": pruning_summary(results, results.get("bench", {}).get("models", [])),
         "deployments": deployments(results.get("bench", {}).get("deployment")),
@@ -82,6 +84,20 @@ def pruning_line(p: dict | None) -> str:
     return text + "."
 
 
+def mostly_float_notes(models: list[dict]) -> list[str]:
+    """A note per int8 file running under half of its MACs in integer kernels (read from the file)."""
+    return [f"{m['name']} {m['format']} int8 ({m.get('path')}) runs only {m['integer_mac_share']:.0%} of its MACs in "
+            f"integer kernels: mostly float despite its name" for m in models if m.get("mostly_float")]
+
+
+def integer_cell(m: dict) -> str:
+    """`97%` of the MACs in integer kernels (`41% mostly float!` under half), `-` for float files."""
+    share = m.get("integer_mac_share")
+    if share is None:
+        return "-"
+    return f"{share:.0%}" + (" mostly float!" if m.get("mostly_float") else "")
+
+
 def fmt_cell(v, spec: str, none: str = "-") -> str:
     """A table cell: `v` formatted with `spec`, or `none` when there is no value."""
     return none if v is None else format(v, spec)
@@ -94,7 +110,8 @@ def accuracy_cell(m: dict) -> str:
 
 
 def model_rows(models: list[dict]) -> list[list[str]]:
-    """Table rows: name, format, precision, device, size, params, MACs, accuracy, p50, p90, memory, runtime."""
+    """Table rows: name, format, precision, device, size, params, MACs, share of MACs in integer kernels,
+    accuracy, p50, p90, memory, runtime."""
     rows = []
     for m in models:
         lat = m.get("latency_ms") or {}
@@ -108,6 +125,7 @@ def model_rows(models: list[dict]) -> list[list[str]]:
                 fmt_cell(m.get("size_bytes", 0) / 1024, ".1f"),
                 fmt_cell(m.get("params"), ","),
                 fmt_cell(m.get("macs"), ","),
+                integer_cell(m),
                 accuracy_cell(m),
                 fmt_cell(lat.get("p50"), ".3f"),
                 fmt_cell(lat.get("p90"), ".3f"),
@@ -126,6 +144,7 @@ HEADER = [
     "size KB",
     "params",
     "MACs",
+    "int8 MACs",
     "accuracy [95% CI]",
     "p50 ms",
     "p90 ms",
@@ -206,6 +225,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         pruning_line(report.get("pruning")),
         "",
         deployment_line(report),
+        "",
+        *sensitivity_lines(report["stages"].get("quantize")),
         "",
         *[f"- note: {n}" for n in report.get("notes", [])],
         "",

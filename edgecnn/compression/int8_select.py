@@ -46,7 +46,12 @@ def openvino_candidates(cfg: OpenvinoQuantConfig, select: str) -> list[dict]:
 
 
 def describe(config: dict) -> str:
-    """A short label, e.g. `qdq u8-act minmax per-channel`."""
+    """A short label, e.g. `qdq u8-act minmax per-channel` (`+ 2 float layers` for a mixed-precision file)."""
+    n = len(config.get("float_layers") or ())
+    return _describe(config) + (f" + {n} float layer{'s' * (n != 1)}" if n else "")
+
+
+def _describe(config: dict) -> str:
     if "inference_precision" in config:
         return f"{config['inference_precision']} inference"
     if "preset" in config:

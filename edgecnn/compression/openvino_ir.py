@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,12 +139,13 @@ def export_openvino(
 
 def quantize_openvino(
     src: Path, dst: Path, calib: np.ndarray, *, preset: str = "performance", subset_size: int | None = None,
-    fast_bias_correction: bool = True,
+    fast_bias_correction: bool = True, ignored: Sequence[str] = (),
 ) -> None:
     """int8 IR through NNCF post-training quantization of the fp32 IR `src`, calibrated on `calib`.
 
     `calib` holds normalised images (N, C, H, W); each is one calibration sample at batch 1.
-    `subset_size` caps how many NNCF uses (None: all of them).
+    `subset_size` caps how many NNCF uses (None: all of them). The IR nodes named in `ignored` stay
+    in float (NNCF's ignored scope).
     """
     ov, nncf = import_openvino(), import_nncf()
     samples = [np.ascontiguousarray(calib[i : i + 1], dtype=np.float32) for i in range(len(calib))]
@@ -157,6 +159,7 @@ def quantize_openvino(
                 preset=presets[preset],
                 subset_size=min(subset_size or len(samples), len(samples)),
                 fast_bias_correction=fast_bias_correction,
+                ignored_scope=nncf.IgnoredScope(names=list(ignored)) if ignored else None,
             )
             _save(quantized, Path(dst), None)  # int8 layers; the rest at the device's default precision
     except Exception as e:  # noqa: BLE001 - NNCF's failures are the model's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,69 @@ from edgecnn.core.artifacts import atomic_path
 from edgecnn.core.console import quiet_libraries
 
 
-def tflite_quantizer(per_channel: bool = True, qat: bool = False):
-    """litert-torch's PT2E quantizer: symmetric int8, per-channel weights, static activations."""
+def tflite_quantizer(per_channel: bool = True, qat: bool = False, float_layers: Sequence[str] = ()):
+    """litert-torch's PT2E quantizer: symmetric int8, per-channel weights, static activations.
+
+    The modules named in `float_layers` (and everything inside them) stay in float.
+    """
     from litert_torch.quantize import pt2e_quantizer
 
-    return pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat, is_dynamic=False)
-    )
+    config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat,
+                                                               is_dynamic=False)
+    if not float_layers:
+        return pt2e_quantizer.PT2EQuantizer().set_global(config)
+    return _partial_quantizer(pt2e_quantizer.PT2EQuantizer, set(float_layers)).set_global(config)
+
+
+def _partial_quantizer(base: type, skip: set[str]):
+    """A PT2E quantizer annotating only nodes outside the modules in `skip`.
+
+    litert-torch's own `set_module_name(name, None)` reads module names out of the nn_module_stack keys
+    with a prefix torch.export no longer writes (`L__self___`), so it matches nothing; this filter reads
+    the module paths (the stack's values) instead.
+    """
+
+    class PartialQuantizer(base):
+        def _annotate_for_static_quantization_config(self, model):
+            self._annotate_all_static_patterns(model, self.global_config, lambda n: not _in_modules(n, skip))
+            return model
+
+    return PartialQuantizer()
+
+
+def _in_modules(node, modules: set[str]) -> bool:
+    """True when an FX node was traced inside one of `modules` (module paths)."""
+    return any(path in modules for path, _ in (node.meta.get("nn_module_stack") or {}).values())
+
+
+def float_inputs(prepared: nn.Module, float_layers: Sequence[str]) -> None:
+    """Feed each layer of `float_layers` a float input, in place: the value before the int8 observer.
+
+    The TFLite converter quantizes a float convolution whose input and output are both quantized
+    (weights included), so a layer only stays float when its input is float. Ops between the observer
+    and the layer that only pass the quantized value on (max-pooling, reshapes) are copied onto the
+    float value; a layer fed by anything else (an add of two branches) keeps its input as it is. The
+    converter decides the rest: a producer whose int8 output fed only that layer runs in float too, so
+    the file's own float islands (runtime/int8_proof.py) say what runs in float.
+    """
+    skip, graph = set(float_layers), prepared.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not _in_modules(node, skip) or not node.args:
+            continue
+        chain, src = [], node.args[0]
+        while getattr(src, "op", None) == "call_function" and not _in_modules(src, skip) and \
+                sum(isinstance(a, torch.fx.Node) for a in src.args) == 1 and isinstance(src.args[0], torch.fx.Node):
+            chain.append(src)
+            src = src.args[0]
+        if getattr(src, "op", None) != "call_module" or not str(src.target).startswith("activation_post_process"):
+            continue
+        value = src.args[0]
+        for op in reversed(chain):
+            with graph.inserting_before(node):
+                value = graph.call_function(op.target, (value, *op.args[1:]), dict(op.kwargs))
+            value.meta = {k: v for k, v in op.meta.items() if k != "quantization_annotation"}
+        node.replace_input_with(node.args[0], value)
+    prepared.recompile()
 
 
 def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, ...], path: Path, io: str) -> None:
@@ -53,10 +110,12 @@ def quantize_tflite(
     path: Path,
     per_channel: bool = True,
     io: str = "int8",
+    float_layers: Sequence[str] = (),
 ) -> None:
     """Full-integer int8 .tflite through litert-torch's PT2E quantizer, calibrated on `calib` (normalised).
 
-    `io` is the type of the input and output tensors: int8 (litert-torch's own) or float.
+    `io` is the type of the input and output tensors: int8 (litert-torch's own) or float; the modules
+    in `float_layers` stay in float (a mixed-precision file).
     """
     from torchao.quantization.pt2e import quantize_pt2e
 
@@ -64,8 +123,10 @@ def quantize_tflite(
     try:
         with quiet_libraries():
             exported = torch.export.export(for_export(model), example).module()
-            quantizer = tflite_quantizer(per_channel)
+            quantizer = tflite_quantizer(per_channel, float_layers=float_layers)
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+            if float_layers:
+                float_inputs(prepared, float_layers)
             with torch.no_grad():
                 for i in range(len(calib)):
                     prepared(calib[i : i + 1])
@@ -122,11 +183,17 @@ def quantize_onnx(
     per_channel: bool = True,
     method: str = "minmax",
     reduce_range: str = "auto",
+    nodes_to_exclude: Sequence[str] = (),
+    nodes_to_quantize: Sequence[str] = (),
+    calibration_cache: Path | None = None,
 ) -> None:
     """Static int8 ONNX (QDQ or QOperator) calibrated on real images with MinMax/Entropy/Percentile.
 
     `reduce_range` (7-bit weights): "auto" turns it on for uint8 activations with int8 weights on an
     x86 CPU without VNNI, where ONNX Runtime's u8s8 kernels saturate and lose accuracy.
+    `nodes_to_exclude` stay in float; `nodes_to_quantize`, when given, are the only nodes quantized.
+    `calibration_cache` (a JSON file, one per calibration method) keeps the calibrated ranges: a later
+    call with the same file, model and method skips calibration.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -152,5 +219,8 @@ def quantize_onnx(
             weight_type=types[weight],
             calibrate_method=methods[method],
             reduce_range=resolve_reduce_range(reduce_range, activation, weight),
+            nodes_to_exclude=list(nodes_to_exclude) or None,
+            nodes_to_quantize=list(nodes_to_quantize) or None,
+            calibration_cache_path=calibration_cache,
         )
         onnx.checker.check_model(str(tmp))

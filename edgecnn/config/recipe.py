@@ -154,6 +154,18 @@ class QuantizeConfig(Section):
     accuracy_budget: float = Field(0.01, ge=0, le=1, description="max top-1 loss of int8, 0..1")
     on_fail: Literal["error", "warn"] = "error"
     qat: QatConfig = QatConfig()
+    fallback: Literal["auto", "none"] | list[str] = Field(
+        "auto", description="layers kept in float: auto (the fewest most sensitive, when full int8 misses the "
+        "budget), none, or a list of module names"
+    )
+    sensitivity: bool = Field(False, description="measure each layer's int8 sensitivity even when int8 meets budget")
+
+    @field_validator("fallback")
+    @classmethod
+    def _layer_list(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or any(not n.strip() for n in v) or len(set(v)) != len(v)):
+            raise ValueError("give auto, none or a non-empty list of distinct module names, e.g. [features.0]")
+        return v
 
 
 class ExportConfig(Section):

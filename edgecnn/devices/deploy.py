@@ -26,6 +26,7 @@ from edgecnn.devices.profiles import DeviceProfile, Transport, get_profile, tran
 from edgecnn.runtime.agent import FORMAT_RUNTIMES, MODEL_EXTENSIONS, model_size
 from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
+from edgecnn.runtime.int8_proof import ENTRY_KEYS
 
 AGENT_TIMEOUT = 3600
 PRECISION_TAGS = ("int8", "bf16", "fp16")  # model.<tag>.<ext>: the precision of a single deployed file
@@ -94,6 +95,7 @@ def run_jobs(run_dir: Path, report: dict, formats: list[str]) -> list[Job]:
             raise UserError(f"{file}: missing from the run; rerun `edgecnn compress --resume` on {run_dir}")
         base = {k: m.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "params", "macs", "parity",
                                       "decision_score")}
+        base.update({k: m[k] for k in ENTRY_KEYS if k in m})  # an int8 file's integer-MAC proof travels with it
         jobs.append(Job(file, m["format"], base))
     return jobs
 

@@ -12,8 +12,8 @@ batch 1 and decides whether it runs in an integer kernel:
 - TFLite: an op is integer when its input and weight tensors are int8/uint8 (int16 activations
   with int8 weights count too); float32 inputs run the float kernel.
 - OpenVINO IR: a `Convolution` / `GroupConvolution` / `MatMul` is integer when its inputs come
-  from `FakeQuantize` nodes (NNCF's pattern, which the CPU plugin runs in int8) or from int8
-  constants.
+  from `FakeQuantize` nodes (NNCF's pattern, which the CPU plugin runs in int8), possibly through
+  max-pooling or reshapes, or from int8 constants.
 
 Consecutive float layers are grouped into "float islands" (named by their first and last layer),
 so a report can say where the float work is.
@@ -66,6 +66,20 @@ def integer_macs(path: str | Path) -> dict:
     else:
         raise ValueError(f"{path}: integer MACs are read from .onnx, .tflite or .xml files")
     return _summary(layers)
+
+
+MOSTLY_FLOAT = 0.5  # an "int8" file with a smaller share of its MACs in integer kernels is flagged
+ENTRY_KEYS = ("integer_mac_share", "macs_integer", "macs_total", "float_islands", "mostly_float", "float_layers")
+"""The keys an int8 model entry of report.json carries (float_layers: the layers the quantize stage kept float)."""
+
+
+def proof_fields(path: str | Path) -> dict:
+    """The fields an int8 model entry carries: `integer_mac_share`, `macs_integer`, `macs_total`,
+    `float_islands`, and `mostly_float` (under half of the MACs in integer kernels)."""
+    r = integer_macs(path)
+    share = r["integer_mac_share"]
+    return {"integer_mac_share": share, "macs_integer": r["macs_integer"], "macs_total": r["macs_total"],
+            "float_islands": r["float_islands"], "mostly_float": share is not None and share < MOSTLY_FLOAT}
 
 
 # ---- ONNX -----------------------------------------------------------------------------------------
@@ -226,6 +240,11 @@ def _tflite_layer_name(raw: bytes | str | None) -> str:
 # ---- OpenVINO IR ----------------------------------------------------------------------------------
 
 
+# ops an int8 value passes through unchanged in precision (OpenVINO's low-precision transformations keep
+# max-pooling and reshapes in int8: NNCF puts a FakeQuantize before the pooling, not after it)
+PASS_THROUGH_OPENVINO = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "MaxPool")
+
+
 def _openvino_layers(path: Path) -> list[dict]:
     import numpy as np
     import openvino as ov
@@ -239,7 +258,7 @@ def _openvino_layers(path: Path) -> list[dict]:
             return True
         if t == "Constant":
             return node.get_element_type() in (ov.Type.i8, ov.Type.u8)
-        if depth < 4 and t in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"):
+        if depth < 4 and t in PASS_THROUGH_OPENVINO:
             return from_quantized(node.input_value(0).get_node(), depth + 1)
         return False
 

@@ -21,6 +21,7 @@ from edgecnn.pipeline.stages.common import eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import GPU_RUNTIMES, model_size
 from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
+from edgecnn.runtime.int8_proof import proof_fields
 
 GPU_PROVIDERS = ("cuda", "CUDAExecutionProvider", "TensorrtExecutionProvider")  # what the agent reports on a GPU
 
@@ -51,17 +52,21 @@ def candidates(ctx: Context) -> list[dict]:
             continue
         src = ctx.results[r["source"]]
         for fmt, f in r["files"].items():
+            file = ctx.stage_dir(stage) / f["file"]
+            int8 = f.get("precision", precision) == "int8"
             out.append(
                 {
                     "name": model_name(ctx, r["source"]),
                     "format": f.get("format", fmt),
                     "precision": f.get("precision", precision),
                     "stage": stage,
-                    "file": ctx.stage_dir(stage) / f["file"],
+                    "file": file,
                     "params": src.get("params"),
                     "macs": src.get("macs"),
                     "parity": f["parity"],
                     "decision_score": f.get("val_accuracy"),
+                    # what of the file runs in integer kernels, read from the file itself; the layers kept float
+                    "int8": {**proof_fields(file), "float_layers": f.get("float_layers", [])} if int8 else {},
                 }
             )
     return out
@@ -147,4 +152,5 @@ class BenchStage(Stage):
             "decision_score": c.get("decision_score"),
             "deploy": False,
             "emulated": False,
+            **c.get("int8", {}),
         }

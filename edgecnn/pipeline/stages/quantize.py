@@ -34,11 +34,10 @@ from edgecnn.compression.openvino_ir import (
     export_openvino,
     float_precisions,
     move_ir,
-    quantize_openvino,
     reprecision,
 )
 from edgecnn.compression.qat import QatResult, train_qat
-from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx, quantize_tflite
+from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx
 from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
@@ -47,9 +46,11 @@ from edgecnn.data.datasets import Split
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model
 from edgecnn.pipeline.stages.export import gate
+from edgecnn.pipeline.stages.mixed import MIXED_FORMATS, MixedPrecision
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import CPU_RUNTIMES
 from edgecnn.runtime.host import parity, write_eval_npz
+from edgecnn.runtime.int8_proof import proof_fields
 
 SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}  # an IR's .bin travels with its .xml
 SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
@@ -94,6 +95,7 @@ class QuantizeRun:
         self.labels = {DECISION_SPLIT: val.y.numpy(), "test": test.y.numpy()}
         self.ref_name = f"{model_name(ctx, source)}/pytorch"
         self.model = model
+        self.mixed = MixedPrecision(self, val)  # an unknown quantize.fallback layer ends here, before any work
         files, candidates, notes, deploy = {}, {}, [], {}
         budget = cfg.accuracy_budget
         with tempfile.TemporaryDirectory(dir=out) as work:
@@ -108,6 +110,9 @@ class QuantizeRun:
                     continue
                 cands = self._post_training(fmt)
                 best = choose(cands, self.ref_val_acc, budget)
+                if best is None and fmt in MIXED_FORMATS:  # layers kept in float, before QAT
+                    cands += self.mixed.fallback(fmt, cands, notes)
+                    best = choose(cands, self.ref_val_acc, budget)
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
                     cands += self._qat_candidates(fmt, best)
                     best = choose(cands, self.ref_val_acc, budget)
@@ -128,13 +133,17 @@ class QuantizeRun:
                     log(f"[yellow]note:[/yellow] {note}")
             if "openvino" in ctx.recipe.export.formats:
                 self._openvino_floats(files, candidates["openvino"], notes)
+            sensitivity = self.mixed.summary(files)
         result = {"source": source, "decision_split": DECISION_SPLIT, "files": files, "candidates": candidates,
                   "deploy": deploy, "notes": notes}
+        if sensitivity:
+            result["sensitivity"] = sensitivity
         if self._qat is not None:
             result["qat"] = {"epochs": len(self._qat.history), "history": self._qat.history}
         return result
 
     def _quantize_onnx(self, src: Path, dst: Path, config: dict) -> None:
+        """`config`'s int8 file of the fp32 ONNX `src`, its `float_layers` kept in float."""
         quantize_onnx(
             src,
             dst,
@@ -145,7 +154,13 @@ class QuantizeRun:
             per_channel=config["per_channel"],
             method=config["method"],
             reduce_range=config.get("reduce_range", "auto"),
+            nodes_to_exclude=self.mixed.onnx_nodes(src, config.get("float_layers", [])),
+            calibration_cache=self.calibration_cache(src, config["method"]),
         )
+
+    def calibration_cache(self, src: Path, method: str) -> Path:
+        """Where the calibrated ranges of `src` by `method` are kept, so each is calibrated once."""
+        return self.work / f"calibration.{src.stem}.{method}.json"
 
     def calib(self) -> torch.Tensor:
         """The calibration images: data.calib_samples training images, evenly across classes."""
@@ -167,10 +182,11 @@ class QuantizeRun:
         """NNCF int8 IRs of the fp32 IR `src` (one per preset tried), each measured."""
         cfg = self.ctx.recipe.quantize
         out = []
+        explicit = {"float_layers": self.mixed.explicit} if self.mixed.explicit and stem != "qat" else {}
         for i, config in enumerate(openvino_candidates(cfg.openvino, cfg.select)):
+            config = {**config, **explicit}
             path = self.work / f"{stem}{i}.int8.xml"
-            quantize_openvino(src, path, self.calib().numpy(), preset=config["preset"],
-                              subset_size=config["subset_size"], fast_bias_correction=config["fast_bias_correction"])
+            self.mixed.quantize_openvino(src, path, config)
             out.append(self._measured(path, config, stem == "qat"))
         return out
 
@@ -203,6 +219,8 @@ class QuantizeRun:
     def _measured(self, path: Path, config: dict, qat: bool) -> dict:
         m = self._scored(measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy"))
         kind = "" if "inference_precision" in config else " int8"
+        if kind:
+            m.update(proof_fields(path))
         log(f"  {path.suffix[1:]}{kind} {describe(config)}{' QAT' if qat else ''}: "
             f"val accuracy {m['val_accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
         return {"config": config, "qat": qat, "path": path, **m}
@@ -213,19 +231,15 @@ class QuantizeRun:
         out = []
         if fmt == "openvino":
             return self._openvino_int8(ctx.stage_dir("export") / "model.xml", "ptq")
+        explicit = {"float_layers": self.mixed.explicit} if self.mixed.explicit else {}
         if fmt == "onnx":
             for i, config in enumerate(onnx_candidates(cfg.onnx, cfg.select)):
+                config = {**config, **explicit}
                 path = self.work / f"cand{i}.int8.onnx"
                 self._quantize_onnx(ctx.stage_dir("export") / "model.onnx", path, config)
                 out.append(self._measured(path, config, False))
         else:
-            config = cfg.tflite.model_dump()
-            path = self.work / "ptq.int8.tflite"
-            quantize_tflite(
-                self.model, ctx.data.input_shape, self.calib(), path, per_channel=config["per_channel"],
-                io=config["io"],
-            )
-            out.append(self._measured(path, config, False))
+            out.append(self.mixed.quantize(fmt, {**cfg.tflite.model_dump(), **explicit}, "ptq"))
         return out
 
     def _qat_model(self) -> QatResult:
@@ -276,6 +290,8 @@ class QuantizeRun:
             "accuracy": c["accuracy"],
             "p50_ms": c["p50_ms"],
             "size_bytes": c["size_bytes"],
+            "integer_mac_share": c.get("integer_mac_share"),
+            "float_layers": c["config"].get("float_layers", []),
             "within_budget": within_budget(self.ref_val_acc, c["val_accuracy"],
                                            self.ctx.recipe.quantize.accuracy_budget),
             "chosen": chosen,
@@ -319,5 +335,7 @@ class QuantizeRun:
             "size_bytes": best["size_bytes"],
             "fp32_p50_ms": fp32["p50_ms"],
             "deploy_precision": "int8" if use_int8 else "fp32",
+            "float_layers": best["config"].get("float_layers", []),
+            **{k: best[k] for k in ("integer_mac_share", "float_islands", "mostly_float")},
         }
         return record, table, note
