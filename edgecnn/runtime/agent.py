@@ -34,6 +34,7 @@ import numpy as np
 
 AGENT_VERSION = 4
 WARMUP_SECONDS = 0.2
+E2E_ITERS = 200  # end-to-end timings of a detector (decoding and NMS included): at most this many, or --min-iters
 
 # The one table of model formats and runtimes. The agent is copied alone to devices, so the table
 # lives here and the rest of edgecnn imports it from this file.
@@ -418,7 +419,8 @@ def run(
         sample = np.repeat(sample, rt.batch, axis=0)
     latency = measure_latency(rt, sample, warmup, min_iters, min_seconds)
     if dec is not None and (not rt.batch or rt.batch == 1):
-        e2e = measure_end_to_end(rt, x[:1], mean, std, lambda raw: dec.decode(raw, head), latency["iters"])
+        e2e = measure_end_to_end(rt, x[:1], mean, std, lambda raw: dec.decode(raw, head),
+                                 min(latency["iters"], max(min_iters, E2E_ITERS)))
     return {
         "agent_version": AGENT_VERSION,
         "model": os.path.basename(model),
