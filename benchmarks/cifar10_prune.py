@@ -36,6 +36,7 @@ from edgecnn.data.datasets import Split, load_data
 from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, load_weights, save_model
 from edgecnn.pipeline.stages.prune import find_ratio, make_pruner
 from edgecnn.runtime.host import run_agent_local, save_torchscript, write_eval_npz
+from edgecnn.tasks.registry import get_task
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "models"
@@ -119,10 +120,11 @@ def main() -> None:
                       epochs=args.epochs, lr=args.lr, batch_size=128, weight_decay=5e-4,
                       round_to=args.round_to or None)
     t0 = time.perf_counter()
-    ratio, search = find_ratio(teacher, cfg, example, 10)
+    kept = get_task().kept_layers(teacher, {"kind": "logits", "num_classes": 10})
+    ratio, search = find_ratio(teacher, cfg, example, kept)
     student = build_model(info)
     student.load_state_dict(teacher.state_dict())
-    pruner = make_pruner(student, cfg, ratio, example, 10, 1)
+    pruner = make_pruner(student, cfg, ratio, example, kept, 1)
     pruner.step()
     search_s = time.perf_counter() - t0
     macs1, params1 = count_macs_params(student, shape)

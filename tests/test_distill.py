@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_MODELS, needs_shared, run_cli
 
-from edgecnn.compression.train import FeatureTap, HintRegressors, attention_loss, fit, kd_loss
+from edgecnn.compression.train import FeatureTap, HintRegressors, attention_loss, fit
 from edgecnn.config.recipe import DistillConfig
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model, load_model_file
+from edgecnn.tasks.classification import kd_loss
 
 
 def test_kd_loss_is_the_hinton_mix():

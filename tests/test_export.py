@@ -17,6 +17,9 @@ from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model, save_model
 from edgecnn.runtime import agent
 from edgecnn.runtime.host import parity, runtime_logits
+from edgecnn.tasks.registry import get_task
+
+CLASSIFY, HEAD = get_task("classification"), {"kind": "logits", "num_classes": 10}
 
 ODD_NET = '''
 import torch
@@ -62,7 +65,7 @@ def test_simplified_onnx_keeps_parity(mnist, small_cnn, tmp_path):
     onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
     assert not list(tmp_path.glob("*.data")), "the ONNX file must be self-contained"
     acc, logits = runtime_logits(tmp_path / "m.onnx", mnist, mnist.test)
-    check = parity(logits, predict(small_cnn, mnist, mnist.test).numpy(), "pytorch")
+    check = parity(CLASSIFY, logits, predict(small_cnn, mnist, mnist.test).numpy(), mnist.test, HEAD, "pytorch")
     assert check["top1_agreement"] >= 0.995 and acc > 0.5
 
 

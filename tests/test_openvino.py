@@ -26,6 +26,7 @@ from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model
 from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import parity, run_agent_local, runtime_logits, write_eval_npz
+from edgecnn.tasks.registry import get_task
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,12 @@ def test_fp32_and_nncf_int8_irs_keep_parity(mnist, lenet, irs):
     ref = predict(lenet, mnist, mnist.test)
     ref_acc = accuracy(ref, mnist.test.y)
     acc, logits = runtime_logits(irs / "model.xml", mnist, mnist.test)
-    check = parity(logits, ref.numpy(), "lenet/pytorch")
+    classify, head = get_task("classification"), {"kind": "logits", "num_classes": 10}
+    check = parity(classify, logits, ref.numpy(), mnist.test, head, "lenet/pytorch")
     assert check["top1_agreement"] >= 0.999 and check["max_abs_diff"] < 1e-3 and acc == pytest.approx(ref_acc)
     acc8, logits8 = runtime_logits(irs / "model.int8.xml", mnist, mnist.test)
     # a one-epoch LeNet has many near-ties: int8 agrees on ~95% of digits and keeps its accuracy
-    assert parity(logits8, ref.numpy(), "lenet/pytorch")["top1_agreement"] >= 0.92
+    assert parity(classify, logits8, ref.numpy(), mnist.test, head, "lenet/pytorch")["top1_agreement"] >= 0.92
     assert acc8 >= ref_acc - 0.03, (acc8, ref_acc)
     # int8 weights: the .bin shrinks to well under half of the fp32 one
     assert (irs / "model.int8.bin").stat().st_size < 0.5 * (irs / "model.bin").stat().st_size

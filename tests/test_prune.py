@@ -20,6 +20,7 @@ from edgecnn.core.errors import UserError
 from edgecnn.models.files import ModelInfo, build_model, count_macs_params, load_model_file, save_model
 from edgecnn.pipeline.stages.prune import find_ratio
 from edgecnn.runtime import agent
+from edgecnn.tasks.registry import get_task
 
 USER_MODEL = str(REPO / "tests" / "models" / "edge_blocks.py") + ":EdgeNet"
 TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
@@ -30,6 +31,11 @@ SPECS = {**{a: (f"torchvision:{a}", {}) for a in TORCHVISION},
          "edgenet": (USER_MODEL, {}),
          "edgenet_no_shuffle": (USER_MODEL, {"shuffle": False})}
 SHAPE = (3, 64, 64)
+
+
+def classifier(model) -> list[str]:
+    """The classification task's kept layers of a 10-class model (what the prune stage keeps whole)."""
+    return get_task("classification").kept_layers(model, {"kind": "logits", "num_classes": 10})
 
 
 def pruned(name: str, ratio: float = 0.4, round_to: int | None = 8):
@@ -50,7 +56,8 @@ def pruned(name: str, ratio: float = 0.4, round_to: int | None = 8):
     before = build_model(info).eval()
     before.load_state_dict(model.state_dict())
     example = torch.zeros(1, *shape)
-    pruner = ChannelPruner(model, example, ratio=ratio, round_to=round_to, ignored=kept_layers(model, [], 10))
+    kept = kept_layers(model, [], classifier(model))
+    pruner = ChannelPruner(model, example, ratio=ratio, round_to=round_to, ignored=kept)
     pruner.step()
     return info, before, model.eval(), pruner
 
@@ -148,14 +155,14 @@ def test_targets_are_met_by_searching_the_ratio():
     model, x = build_model(info).eval(), torch.zeros(1, 3, 32, 32)
     macs0, params0 = count_macs_params(model, info.input_shape)
     cfg = PruneConfig(macs_reduction=2)
-    ratio, log = find_ratio(model, cfg, x, 10)
-    pruner = ChannelPruner(model, x, ratio=ratio, ignored=kept_layers(model, [], 10))
+    ratio, log = find_ratio(model, cfg, x, classifier(model))
+    pruner = ChannelPruner(model, x, ratio=ratio, ignored=kept_layers(model, [], classifier(model)))
     pruner.step()
     macs1 = count_macs_params(model, info.input_shape)[0]
     assert macs0 / macs1 >= 2 and macs0 / macs1 < 2.4 and log["target"] == "macs_reduction"
     lenet = ModelInfo("lenet", {}, 10, (1, 28, 28))
     with pytest.raises(UserError, match=r"smallest reachable value is [\d,]+ parameters"):
-        find_ratio(build_model(lenet), PruneConfig(params_budget=10), torch.zeros(1, 1, 28, 28), 10)
+        find_ratio(build_model(lenet), PruneConfig(params_budget=10), torch.zeros(1, 1, 28, 28), ["fc"])
 
 
 def test_latency_budget_is_timed_while_searching():
@@ -164,7 +171,7 @@ def test_latency_budget_is_timed_while_searching():
     timer = latency_timer(1, "local-cpu")
     base = timer(model, x)
     cfg = PruneConfig(latency_budget_ms=0.85 * base)
-    ratio, log = find_ratio(model, cfg, x, 10, timer=timer)
+    ratio, log = find_ratio(model, cfg, x, classifier(model), timer=timer)
     assert 0 < ratio < 0.95 and log["target"] == "latency_budget_ms"
     assert any(t["value"] <= cfg.latency_budget_ms and t["ratio"] == round(ratio, 4) for t in log["tried"])
     with pytest.raises(UserError, match="prune.latency_device"):

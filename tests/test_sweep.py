@@ -268,7 +268,7 @@ def test_compare_says_when_the_best_models_are_not_distinguishable():
 
     def row(run, acc, p50, n=1000):
         return {"run": run, "model": "student", "format": "onnx", "precision": "int8", "device": "local-cpu",
-                "accuracy": acc, "eval_samples": n, "top1_ci95": wilson_interval(acc, n), "p50_ms": p50,
+                "score": acc, "accuracy": acc, "eval_samples": n, "top1_ci95": wilson_interval(acc, n), "p50_ms": p50,
                 "size_kb": 10.0}
 
     rows = [row("a", 0.912, 1.0), row("b", 0.905, 0.8), row("c", 0.850, 0.5), row("d", 0.95, 9.0)]

@@ -56,9 +56,10 @@ def test_classification_task_over_mnist5k(mnist, one_thread):
     assert task.kept_layers(model, head) == ["fc"]
 
 
-def test_classification_distillation_matches_the_training_loops_kd_loss(mnist):
-    """The task's Hinton loss is the one compress/train.py uses today (to be imported from the task)."""
-    from edgecnn.compression.train import kd_loss
+def test_classification_distillation_is_hintons_loss_at_the_recipes_settings(mnist):
+    """The task's distillation loss (what compression/train.py's fit calls) is Hinton's at distill.temperature
+    and distill.alpha."""
+    from edgecnn.tasks.classification import kd_loss
 
     task, _ = mnist
     g = torch.Generator().manual_seed(0)

@@ -1,8 +1,11 @@
 """`edgecnn compare`: many runs' reports in one table, their Pareto fronts, and the best model under a budget.
 
-Runs are comparable only when their reports share the schema and the evaluation data (the hash of
-the evaluation split's images and labels, and the number of images scored); anything else is
-refused with one `error:` line. Outputs: compare.json, compare.md and a self-contained compare.html
+Runs are comparable only when their reports share the schema, the task and the evaluation data
+(the hash of the evaluation split's images and labels, and the number of images scored); anything
+else is refused with one `error:` line. Models are ranked by their `score`, the task's primary
+metric (top-1 accuracy, COCO mAP@[.5:.95]); `--min-accuracy` is a minimum score.
+
+Outputs: compare.json, compare.md and a self-contained compare.html
 (plots embedded as base64 PNG), plus one PNG per device.
 """
 
@@ -23,6 +26,12 @@ from edgecnn.core.errors import UserError
 COLUMNS = ["run", "model", "format", "precision", "device", "size KB", "params", "MACs", "accuracy [95% CI]",
            "p50 ms", "p90 ms", "peak MB", "front"]
 SIGNIFICANCE = 0.05  # two models' accuracies differ when the two-proportion test's p-value is below this
+SCORE_NAMES = {"classification": "accuracy", "detection": "mAP", "keypoints": "OKS AP"}
+
+
+def score_name(row: dict) -> str:
+    """What a row's `score` is, in words: accuracy (top-1), mAP (COCO mAP@[.5:.95]), ..."""
+    return SCORE_NAMES.get(row.get("task", "classification"), "score")
 
 
 @dataclass(frozen=True)
@@ -75,8 +84,15 @@ def _eval_identity(report: dict) -> dict:
 
 
 def check_comparable(labelled: list[tuple[str, dict]]) -> None:
-    """Refuse runs whose reports differ in schema or evaluation data (UserError naming both runs)."""
+    """Refuse runs whose reports differ in schema, task or evaluation data (UserError naming both runs)."""
     first_label, first = labelled[0]
+    tasks = {label: sorted({m.get("task", "classification") for m in rep["models"]}) or ["classification"]
+             for label, rep in labelled}
+    for label, t in tasks.items():
+        if t != tasks[first_label]:
+            raise UserError(f"cannot compare {first_label} and {label}: they are different tasks "
+                            f"({', '.join(tasks[first_label])} vs {', '.join(t)}), scored differently; "
+                            "compare runs of one task")
     schema0 = first.get("schema")
     if schema0 != SCHEMA:
         raise UserError(f"{first_label}: report schema {schema0!r}, this edgecnn reads {SCHEMA!r}; rerun it with "
@@ -127,7 +143,10 @@ def flatten(labelled: list[tuple[str, dict]]) -> list[dict]:
                 "size_kb": None if size is None else size / 1024,
                 "params": m.get("params"),
                 "macs": m.get("macs"),
+                "task": m.get("task", "classification"),
+                "score": m.get("score", m.get("accuracy")),
                 "accuracy": m.get("accuracy"),
+                "metrics": m.get("metrics"),
                 "eval_samples": m.get("eval_samples"),
                 "top1_ci95": entry_interval(m),
                 "p50_ms": lat.get("p50"),
@@ -156,8 +175,8 @@ def mark_fronts(rows: list[dict]) -> None:
     """Add 'latency' / 'size' to row['front'] for rows on that device's Pareto front."""
     for dev in sorted({r["device"] for r in rows}):
         for key, tag in (("p50_ms", "latency"), ("size_kb", "size")):
-            cand = [r for r in rows if r["device"] == dev and r[key] is not None and r["accuracy"] is not None]
-            for i in pareto_front([(r[key], r["accuracy"]) for r in cand]):
+            cand = [r for r in rows if r["device"] == dev and r[key] is not None and r["score"] is not None]
+            for i in pareto_front([(r[key], r["score"]) for r in cand]):
                 cand[i]["front"].append(tag)
 
 
@@ -165,7 +184,7 @@ def _misses(r: dict, b: Budget) -> dict[str, float]:
     """How far a row is from each budget it misses (ms, KB, accuracy points); inf when not measured."""
     out = {}
     for key, limit, sign, name in (("p50_ms", b.max_latency_ms, 1, "latency"), ("size_kb", b.max_size_kb, 1, "size"),
-                                   ("accuracy", b.min_accuracy, -1, "accuracy")):
+                                   ("score", b.min_accuracy, -1, "accuracy")):
         if limit is None:
             continue
         v = r[key]
@@ -200,23 +219,23 @@ def choose(rows: list[dict], b: Budget) -> dict:
     if not pool:
         devices = sorted({r["device"] for r in rows})
         raise UserError(f"--device {b.device}: no model was measured on it; the runs have {', '.join(devices)}")
-    ok = [r for r in pool if not _misses(r, b) and r["accuracy"] is not None]
+    ok = [r for r in pool if not _misses(r, b) and r["score"] is not None]
     if ok:
-        best = min(ok, key=lambda r: (-r["accuracy"], r["p50_ms"] if r["p50_ms"] is not None else math.inf))
+        best = min(ok, key=lambda r: (-r["score"], r["p50_ms"] if r["p50_ms"] is not None else math.inf))
         best["best"] = True
         ties = indistinguishable(best, [r for r in ok if r is not best])
-        message = (f"best within budget: {_describe(best)} (accuracy {best['accuracy']:.4f} "
+        message = (f"best within budget: {_describe(best)} ({score_name(best)} {best['score']:.4f} "
                    f"{ci_text(best['top1_ci95'])}, p50 {fmt_cell(best['p50_ms'], '.3f')} ms, "
                    f"{fmt_cell(best['size_kb'], '.1f')} KB)")
         if ties:
-            shown = "; ".join(f"{_describe(r)} ({r['accuracy']:.4f} {ci_text(r['top1_ci95'])}, p={p:.2f})"
+            shown = "; ".join(f"{_describe(r)} ({r['score']:.4f} {ci_text(r['top1_ci95'])}, p={p:.2f})"
                               for r, p in ties[:5])
             message += (f"; not distinguishable on these {best['eval_samples'] or '?'} test images from "
                         f"{len(ties)} other model(s) within the budget (two-proportion test p >= {SIGNIFICANCE}): "
                         f"{shown}{'; ...' if len(ties) > 5 else ''}")
         return {"met": True, "best": best, "message": message,
                 "indistinguishable": [{"run": r["run"], "model": r["model"], "format": r["format"],
-                                       "precision": r["precision"], "device": r["device"], "accuracy": r["accuracy"],
+                                       "precision": r["precision"], "device": r["device"], "score": r["score"],
                                        "p_value": p} for r, p in ties]}
     names = [n for n in ("latency", "size", "accuracy") if _limit_text(b, n)]
     alone = [n for n in names if all(n in _misses(r, b) for r in pool)]
@@ -235,12 +254,15 @@ def choose(rows: list[dict], b: Budget) -> dict:
 
 
 def indistinguishable(best: dict, others: list[dict]) -> list[tuple[dict, float]]:
-    """The rows whose accuracy the data cannot tell from `best`'s (two-proportion test p >= SIGNIFICANCE)."""
+    """The rows whose accuracy the data cannot tell from `best`'s (two-proportion test p >= SIGNIFICANCE);
+    top-1 accuracies only (a test of proportions says nothing about mAP)."""
     out = []
+    if best.get("task", "classification") != "classification":
+        return out
     for r in others:
-        if not best.get("eval_samples") or not r.get("eval_samples") or r["accuracy"] is None:
+        if not best.get("eval_samples") or not r.get("eval_samples") or r["score"] is None:
             continue
-        p = two_proportion_p(best["accuracy"], best["eval_samples"], r["accuracy"], r["eval_samples"])
+        p = two_proportion_p(best["score"], best["eval_samples"], r["score"], r["eval_samples"])
         if p >= SIGNIFICANCE:
             out.append((r, p))
     return sorted(out, key=lambda t: -t[1])
@@ -248,7 +270,7 @@ def indistinguishable(best: dict, others: list[dict]) -> list[tuple[dict, float]
 
 def _accuracy_cell(r: dict) -> str:
     ci = ci_text(r.get("top1_ci95"))
-    return fmt_cell(r["accuracy"], ".4f") + (f" {ci}" if ci else "")
+    return fmt_cell(r["score"], ".4f") + (f" {ci}" if ci else "")
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -266,7 +288,9 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["device"] == device and r["accuracy"] is not None]
+    rows = [r for r in rows if r["device"] == device and r["score"] is not None]
+    name = score_name(rows[0]) if rows else "accuracy"
+    ylabel = "top-1 accuracy" if name == "accuracy" else name
     runs = sorted({r["run"] for r in rows})
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     colour = {run: cmap(i % cmap.N) for i, run in enumerate(runs)}
@@ -278,18 +302,18 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
         for r in pts:
             on = tag in r["front"]
             if r.get("top1_ci95"):
-                y, (lo, hi) = 100 * r["accuracy"], r["top1_ci95"]
+                y, (lo, hi) = 100 * r["score"], r["top1_ci95"]
                 ax.errorbar(r[key], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="none", ecolor=colour[r["run"]],
                             elinewidth=0.7, capsize=2, alpha=0.5)
-            ax.scatter(r[key], 100 * r["accuracy"], marker=marker.get(r["format"], "D"), s=70 if on else 30,
+            ax.scatter(r[key], 100 * r["score"], marker=marker.get(r["format"], "D"), s=70 if on else 30,
                        facecolors=colour[r["run"]] if r["precision"] == "int8" else "none",
                        edgecolors=colour[r["run"]], linewidths=2 if on else 1, alpha=0.9)
         front = sorted((r for r in pts if tag in r["front"]), key=lambda r: r[key])
         if front:
-            ax.step([r[key] for r in front], [100 * r["accuracy"] for r in front], where="post", color="black",
+            ax.step([r[key] for r in front], [100 * r["score"] for r in front], where="post", color="black",
                     lw=1, alpha=0.6, label="Pareto front")
             for r in front:
-                ax.annotate(f"{r['run']}\n{r['format']} {r['precision']}", (r[key], 100 * r["accuracy"]),
+                ax.annotate(f"{r['run']}\n{r['format']} {r['precision']}", (r[key], 100 * r["score"]),
                             fontsize=6, xytext=(4, -8), textcoords="offset points")
         vals = [r[key] for r in pts if r[key] > 0]
         if vals and max(vals) / min(vals) > 20:
@@ -300,7 +324,7 @@ def plot_device(rows: list[dict], device: str, path: Path) -> None:
             for set_fmt in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
                 set_fmt(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(label)
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylabel(f"{ylabel} (%)")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=colour[r], marker="o", ls="", label=r) for r in runs]
     handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f) for f, m in marker.items()]
@@ -375,7 +399,7 @@ def write_outputs(out: Path, result: dict) -> None:
     """compare.json, compare.md, compare.html and compare-<device>.png under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, bytes] = {}
-    for dev in sorted({r["device"] for r in result["rows"] if r["accuracy"] is not None}):
+    for dev in sorted({r["device"] for r in result["rows"] if r["score"] is not None}):
         png = out / f"compare-{dev.replace('/', '_').replace(':', '_')}.png"
         plot_device(result["rows"], dev, png)
         plots[dev] = png.read_bytes()

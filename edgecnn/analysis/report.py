@@ -104,15 +104,24 @@ def fmt_cell(v, spec: str, none: str = "-") -> str:
 
 
 def accuracy_cell(m: dict) -> str:
-    """`0.9712 [0.961, 0.980]`: the test top-1 and its 95% Wilson interval."""
+    """`0.9712 [0.961, 0.980]`: the test top-1 and its 95% Wilson interval; a detector's `mAP (mAP50)`."""
+    if m.get("task", "classification") != "classification":
+        metrics = m.get("metrics") or {}
+        return fmt_cell(m.get("score"), ".4f") + (f" ({metrics['mAP50']:.4f})" if "mAP50" in metrics else "")
     ci = ci_text(entry_interval(m))
     return fmt_cell(m.get("accuracy"), ".4f") + (f" {ci}" if ci else "")
 
 
+def report_task(models: list[dict]) -> str:
+    """The task of a report's models (classification for reports written before tasks)."""
+    return next((m["task"] for m in models if m.get("task")), "classification")
+
+
 def model_rows(models: list[dict]) -> list[list[str]]:
     """Table rows: name, format, precision, device, size, params, MACs, share of MACs in integer kernels,
-    accuracy, p50, p90, memory, runtime."""
+    score, p50, p90, memory, runtime (a detector's end-to-end p50, decoding and NMS included, after its p90)."""
     rows = []
+    detection = report_task(models) == "detection"
     for m in models:
         lat = m.get("latency_ms") or {}
         dev = m.get("device", "") + (" (emulated)" if m.get("emulated") else "")
@@ -129,11 +138,20 @@ def model_rows(models: list[dict]) -> list[list[str]]:
                 accuracy_cell(m),
                 fmt_cell(lat.get("p50"), ".3f"),
                 fmt_cell(lat.get("p90"), ".3f"),
+                *([fmt_cell((m.get("e2e_latency_ms") or {}).get("p50"), ".3f")] if detection else []),
                 fmt_cell(m.get("peak_memory_mb"), ".0f"),
                 m.get("runtime", ""),
             ]
         )
     return rows
+
+
+def header(task: str) -> list[str]:
+    """The model table's header for a task (a detector's score is mAP@[.5:.95], with mAP@.5 beside it)."""
+    if task != "detection":
+        return HEADER
+    cols = [("mAP (mAP50)" if c.startswith("accuracy") else c) for c in HEADER]
+    return cols[: cols.index("p90 ms") + 1] + ["e2e p50 ms"] + cols[cols.index("p90 ms") + 1 :]
 
 
 HEADER = [
@@ -169,10 +187,12 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"pytorch": "tab:blue", "onnx": "tab:orange", "tflite": "tab:green", "openvino": "tab:purple"}
+    task = report_task(models)
     for m in models:
-        if m.get("accuracy") is None or not m.get("latency_ms"):
+        score = m.get("score", m.get("accuracy"))
+        if score is None or not m.get("latency_ms"):
             continue
-        x, y = m["latency_ms"]["p50"], 100 * m["accuracy"]
+        x, y = m["latency_ms"]["p50"], 100 * score
         ci = entry_interval(m)
         if ci:
             ax.errorbar(x, y, yerr=[[y - 100 * ci[0]], [100 * ci[1] - y]], fmt="none", ecolor="grey", elinewidth=0.8,
@@ -189,7 +209,7 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
             f"{m['name']} {m['format']} {m['precision']}", (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points"
         )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if task == "classification" else "COCO mAP@[.5:.95] (%)")
     ax.set_title(title + " (circles fp32, squares int8/bf16/fp16; area ~ size; bars: 95% interval)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -215,12 +235,14 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"Data: `{report['data'].get('spec')}`, evaluated on {models[0]['eval_samples'] if models else 0} test images. "
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
         f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs. "
-        "Accuracy: top-1 on the test split with its 95% Wilson interval."
+        + ("Accuracy: top-1 on the test split with its 95% Wilson interval." if report_task(models) == "classification"
+           else "mAP: COCO mAP@[.5:.95] (mAP@.5 in brackets) on the test split by pycocotools, from the detections "
+           "the agent decoded (numpy decode + NMS); e2e: one image to detections, decoding and NMS included.")
         + (f" Choices (int8 config, gates, QAT, deployed file) were made on the {report['decision_split']} split"
            f"{split_size(report['data'], report['decision_split'])}, never on the test split."
            if isinstance(report.get("decision_split"), str) else ""),
         "",
-        markdown_table(HEADER, model_rows(models)),
+        markdown_table(header(report_task(models)), model_rows(models)),
         "",
         pruning_line(report.get("pruning")),
         "",

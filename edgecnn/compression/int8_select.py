@@ -65,8 +65,9 @@ def _describe(config: dict) -> str:
     return f"{config['format']} {act}-act {config['method']}{pc}{rr}"
 
 
-def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict:
-    """Accuracy (every image of `npz`), logits and batch-1 latency of one file, by the agent."""
+def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path, decoder: Path | None = None) -> dict:
+    """Raw outputs (every image of `npz`; `logits`), accuracy (classification) and batch-1 latency of one file,
+    by the agent (a detector's batch decoded there by `decoder`)."""
     m = run_agent_local(
         path,
         npz,
@@ -75,6 +76,7 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path) -> dict
         min_iters=bench.min_iters,
         min_seconds=min(bench.min_seconds, 0.5),
         logits_out=logits_out,
+        decoder=decoder,
     )
     return {
         "accuracy": m["accuracy"],

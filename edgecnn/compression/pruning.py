@@ -31,18 +31,16 @@ def importance(kind: str):
     }[kind]()
 
 
-def kept_layers(model: nn.Module, names: list[str], num_classes: int) -> list[nn.Module]:
-    """The layers kept whole: those named (prune.ignored_layers) plus the classifier heads."""
+def kept_layers(model: nn.Module, names: list[str], task_kept: list[str]) -> list[nn.Module]:
+    """The layers kept whole: those named (prune.ignored_layers) plus the task's (Task.kept_layers: classifier
+    layers, a detector's prediction head)."""
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
         raise UserError(
             f"prune.ignored_layers: no layer named {missing[0]!r}; layers are e.g. {', '.join(list(modules)[1:6])}"
         )
-    kept = [modules[n] for n in names]
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    heads += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
-    return kept + heads
+    return [modules[n] for n in dict.fromkeys([*names, *task_kept])]
 
 
 class _Pinned(nn.Module):

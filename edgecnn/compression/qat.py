@@ -2,7 +2,7 @@
 
 The model is captured with torch.export, prepared with litert-torch's quantizer in QAT mode
 (fake-quantized weights and activations, conv+BN folded as at inference) and fine-tuned for a
-few epochs, distilling from the teacher when there is one (edgecnn.compression.train's kd_loss). The result
+few epochs, distilling from the teacher when there is one (the task's distillation loss). The result
 serves both runtimes: the PT2E graph converts straight to a full-integer .tflite, and its
 fine-tuned float weights, copied back into the eager model, are what ONNX Runtime's static
 quantization starts from.
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from edgecnn.compression.export import for_export
 from edgecnn.compression.quantize import tflite_quantizer
-from edgecnn.compression.train import kd_loss
-from edgecnn.config.recipe import QatConfig
+from edgecnn.config.recipe import DistillConfig, QatConfig
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import progress_bar
-from edgecnn.data.datasets import Dataset, batches
+from edgecnn.data.datasets import Dataset
+from edgecnn.tasks.base import Task
+from edgecnn.tasks.registry import get_task
 
 
 class _PatternModule(nn.Module):
@@ -85,11 +85,16 @@ def train_qat(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
+    task: Task | None = None,
+    head: dict | None = None,
 ) -> QatResult:
-    """Fine-tune `model` (not modified) under fake int8 quantization for cfg.epochs epochs."""
+    """Fine-tune `model` (not modified) under fake int8 quantization for cfg.epochs epochs, on `task`'s losses."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    task = task or get_task()
+    head = head if head is not None else task.head_spec(model, data)
+    kd = DistillConfig(temperature=temperature, alpha=alpha)
     torch.manual_seed(seed)
     bs = min(cfg.batch_size, len(data.train))
     example = (data.normalize(data.calibration(bs, seed).x),)
@@ -110,15 +115,16 @@ def train_qat(
             with _torchao_patterns_as_modules():
                 move_exported_model_to_train(prepared)
             total, n = 0.0, 0
-            for xb, yb in batches(data.train, bs, shuffle=True, augment=augment, generator=g, drop_last=True):
+            for xb, yb in task.batches(data, data.train, bs, shuffle=True, augment=augment, generator=g,
+                                       drop_last=True):
                 x = data.normalize(xb)
                 out = prepared(x)
                 if teacher is not None:
                     with torch.no_grad():
                         t_out = teacher(x)
-                    loss = kd_loss(out, t_out, yb, temperature, alpha)
+                    loss = task.distill_loss(out, t_out, yb, head, kd)
                 else:
-                    loss = F.cross_entropy(out, yb)
+                    loss = task.loss(out, yb, head)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

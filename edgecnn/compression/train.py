@@ -2,9 +2,10 @@
 
 Fast on the hardware at hand: bf16 autocast on CPUs that support it (AMX/AVX-512 BF16), CUDA
 mixed precision on GPUs, channels-last memory format, a one-cycle schedule, and augmentation on
-whole uint8 batches. Distillation is Hinton's soft-target loss (temperature, alpha) mixed with
-the hard-label loss, optionally plus a feature loss on maps of equal resolution: attention
-transfer (Zagoruyko & Komodakis) or FitNets hints (1x1-conv regressors trained jointly).
+whole uint8 batches. Losses and batches are the task's (edgecnn.tasks: cross-entropy and Hinton's
+soft targets for classification; the detection losses for detectors), optionally plus a feature
+loss on maps of equal resolution: attention transfer (Zagoruyko & Komodakis) or FitNets hints
+(1x1-conv regressors trained jointly).
 Under torchrun (WORLD_SIZE > 1) the loop wraps the model in DistributedDataParallel and gives
 each process its own shard of every epoch.
 """
@@ -25,6 +26,8 @@ from edgecnn.config.recipe import DistillConfig, TrainConfig
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import progress_bar
 from edgecnn.data.datasets import Dataset, Split, batches
+from edgecnn.tasks.base import Task
+from edgecnn.tasks.registry import get_task
 
 
 def cpu_supports_bf16() -> bool:
@@ -108,17 +111,6 @@ class HintRegressors(nn.Module):
 FEATURE_WEIGHTS = {"attention": 1000.0, "hints": 1.0}  # the usual weights (AT paper's beta; FitNets' MSE)
 
 
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
-) -> torch.Tensor:
-    """Hinton et al. (2015): alpha * T^2 * KL(soft teacher || soft student) + (1-alpha) * CE."""
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student_logits.float() / t, 1), F.softmax(teacher_logits.float() / t, 1), reduction="batchmean"
-    ) * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
-
-
 @dataclass
 class FitResult:
     epochs: int
@@ -161,10 +153,12 @@ def _to_layout(model: nn.Module, layout: torch.memory_format) -> None:
 
 
 class _Distiller:
-    """The distillation loss of one batch: Hinton's soft targets plus an optional feature loss."""
+    """The distillation loss of one batch: the task's loss toward the teacher plus an optional feature loss."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, kd: DistillConfig, probe: torch.Tensor):
-        self.teacher, self.kd = teacher, kd
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, kd: DistillConfig, probe: torch.Tensor, task: Task, head: dict
+    ):
+        self.teacher, self.kd, self.task, self.head = teacher, kd, task, head
         self.kind = kd.feature_loss
         self.weight = kd.feature_weight if kd.feature_weight is not None else FEATURE_WEIGHTS.get(self.kind, 0.0)
         self.s_tap = self.t_tap = self.hints = None
@@ -191,7 +185,7 @@ class _Distiller:
     def loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t_out = self.teacher(x)
-        loss = kd_loss(out, t_out, y, self.kd.temperature, self.kd.alpha)
+        loss = self.task.distill_loss(out, t_out, y, self.head, self.kd)
         if self.s_tap is not None:
             s_f, t_f = self.s_tap.outputs, self.t_tap.outputs
             feat = self.hints(s_f, t_f) if self.hints is not None else attention_loss(s_f, t_f)
@@ -215,14 +209,21 @@ def fit(
     kd: DistillConfig | None = None,
     label: str = "train",
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    task: Task | None = None,
+    head: dict | None = None,
 ) -> FitResult:
     """Train `model` in place on data.train; distil from `teacher` with the loss settings of `kd`.
+
+    `task` (classification by default) gives the batches, the loss and the distillation loss;
+    `head` is its head spec of `model` (Task.head_spec, computed when not given).
 
     Under torchrun each process trains on its own shard of every epoch and DDP averages the
     gradients, so every rank ends with the same weights.
     """
     import time
 
+    task = task or get_task()
+    head = head if head is not None else task.head_spec(model, data)
     device = pick_device()
     rank, world = rank_and_world()
     model.to(device)
@@ -239,7 +240,7 @@ def fit(
     torch.manual_seed(seed)
     distiller = None
     if kd is not None and teacher is not None:
-        distiller = _Distiller(model, teacher, kd, data.normalize(data.train.x[:2]).to(device))
+        distiller = _Distiller(model, teacher, kd, data.normalize(data.train.x[:2]).to(device), task, head)
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -264,8 +265,8 @@ def fit(
                 g.manual_seed(seed * 1000 + epoch)
                 order = torch.randperm(len(data.train), generator=g)[rank * per_rank : (rank + 1) * per_rank]
                 shard = Split(data.train.x[order], data.train.y[order])
-                for xb, yb in batches(
-                    shard, cfg.batch_size, shuffle=True, augment=augment, generator=g, drop_last=True
+                for xb, yb in task.batches(
+                    data, shard, cfg.batch_size, shuffle=True, augment=augment, generator=g, drop_last=True
                 ):
                     x = data.normalize(xb).to(device, non_blocking=True)
                     if cfg.channels_last:
@@ -273,7 +274,7 @@ def fit(
                     y = yb.to(device)
                     with ctx:
                         out = train_model(x)
-                        loss = distiller.loss(out, x, y) if distiller else F.cross_entropy(out.float(), y)
+                        loss = distiller.loss(out, x, y) if distiller else task.loss(out, y, head)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if world > 1 and distiller is not None:

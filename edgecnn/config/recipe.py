@@ -37,11 +37,14 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     mean: list[float] | None = None
     std: list[float] | None = None
-    augment: Literal["none", "cifar", "auto"] = "auto"
+    augment: Literal["none", "cifar", "auto"] = Field(
+        "auto", description="auto: CIFAR crop+flip on 32x32 RGB (classification), box-moving jitter (detection)"
+    )
     eval_samples: int | None = Field(None, ge=1, description="limit the test split (None: all)")
     calib_samples: int = Field(256, ge=1, le=100_000)
     image_size: Pixels | tuple[Pixels, Pixels] | None = Field(
-        None, description="image folders: resize each image to cover [height, width] (or N x N), crop the centre"
+        None, description="image folders: resize each image to cover [height, width] (or N x N), crop the centre; "
+        "detection: letterbox every image to N x N"
     )
 
     @field_validator("std")
@@ -212,6 +215,7 @@ class SweepConfig(Section):
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    task: Literal["classification", "detection"] = "classification"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     train: TrainConfig = TrainConfig()
@@ -274,10 +278,10 @@ def set_dotted(raw: dict, key: str, value: Any, base: Path, where: str = "--set"
 
 def _absolutize(value: str, base: Path) -> str:
     """Resolve a relative path (or the PATH of a `kind:PATH` data spec / `file.py:Class`)."""
-    if value.startswith(("torchvision:", "zoo:")) or value in ("mnist5k",):
+    if value.startswith(("torchvision:", "zoo:")) or value in ("mnist5k", "mnist-detect"):
         return value
     prefix = ""
-    for kind in ("imagefolder:", "cifar10:"):
+    for kind in ("imagefolder:", "cifar10:", "coco:", "yolo:"):
         if value.startswith(kind):
             prefix, value = kind, value[len(kind) :]
     suffix = ""

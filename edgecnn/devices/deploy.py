@@ -3,7 +3,10 @@
 The device gets a fresh work directory with the models it can run (by its profile's preferred
 runtimes; an OpenVINO .xml travels with its .bin), `edgecnn/runtime/agent.py` and the run's
 evaluation batch (`bench/eval.npz`); the agent runs there once per model and prints JSON, which
-comes back as report.json model entries with `device` set to the device's name. Of a run's files,
+comes back as report.json model entries with `device` set to the device's name. A detector's
+batch carries its head spec: the task's numpy decoder (decode.py) travels beside the agent, the
+device decodes and runs NMS, and its detections come back in the JSON to be scored here (COCO
+mAP by pycocotools), exactly as a local bench scores them. Of a run's files,
 the one marked `deploy` there is the fastest on that device within the run's accuracy budget
 (analysis/selection.py). The work directory is removed afterwards unless `keep`.
 """
@@ -27,6 +30,8 @@ from edgecnn.runtime.agent import FORMAT_RUNTIMES, MODEL_EXTENSIONS, model_size
 from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
 from edgecnn.runtime.int8_proof import ENTRY_KEYS
+from edgecnn.tasks.base import Task
+from edgecnn.tasks.registry import get_task
 
 AGENT_TIMEOUT = 3600
 PRECISION_TAGS = ("int8", "bf16", "fp16")  # model.<tag>.<ext>: the precision of a single deployed file
@@ -155,10 +160,45 @@ def choose_runtime(profile: DeviceProfile, fmt: str, available: dict) -> str | N
     return None
 
 
-def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
+@dataclass
+class Batch:
+    """The evaluation batch shipped to a device: its file and, for a detector, its task, head spec and targets."""
+
+    npz: Path
+    task: Task
+    head: dict | None
+    targets: object = None
+
+    @classmethod
+    def read(cls, npz: Path) -> Batch:
+        import numpy as np
+
+        try:
+            with np.load(npz) as z:
+                if "head" not in z.files:
+                    return cls(npz, get_task("classification"), None)
+                head = json.loads(str(z["head"]))
+                return cls(npz, get_task("detection"), head, z["y"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{npz}: not an evaluation batch ({e.__class__.__name__}); rerun the bench stage") from None
+
+    def scores(self, m: dict) -> dict | None:
+        """A detector's task, score and metrics from the detections the device returned (None: classification)."""
+        if self.head is None:
+            return None
+        import numpy as np
+
+        arrays = {k: np.asarray(v) for k, v in m.pop("detections").items()}
+        arrays["boxes"] = arrays["boxes"].reshape(-1, 4).astype(np.float32)
+        metrics = self.task.metrics(self.task.agent_predictions(arrays), self.targets, self.head)
+        return {"task": self.task.name, "score": self.task.score(metrics), "metrics": metrics}
+
+
+def _entry(job: Job, m: dict, profile: DeviceProfile, batch: Batch | None = None) -> dict:
+    scores = batch.scores(m) if batch is not None else None
     entry = {
         **job.base,
-        **measured(m),
+        **measured(m, scores),
         "device": profile.name,
         "emulated": profile.emulated,
         "machine": m["machine"],
@@ -169,12 +209,14 @@ def _entry(job: Job, m: dict, profile: DeviceProfile) -> dict:
     return entry
 
 
-def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str) -> dict:
+def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str, task: str = "classification") -> dict:
     """A model the agent could not measure on the device: null measurements and the reason."""
+    unscored = ({"accuracy": None, **classification_fields(None, None)} if task == "classification"
+                else {"task": task, "score": None, "metrics": None})
     return {
         **job.base,
         **dict.fromkeys(MEASURED),
-        **classification_fields(None, None),
+        **unscored,
         "runtime": runtime,
         "device": profile.name,
         "emulated": profile.emulated,
@@ -212,10 +254,14 @@ def benchmark_on_device(
     if strict:  # one model of the user's: a damaged file is the one error line, before any work
         for j in jobs:
             check_model_file(j.file)
+    batch = Batch.read(npz)
+    decoder = batch.task.decoder_file() if batch.head is not None else None
     workdir = transport.mkdtemp()
     info: dict = {"workdir": workdir}
     try:
         transport.put([AGENT_PATH, npz], workdir)
+        if decoder is not None:  # the task's numpy decoder, beside the agent
+            _put_renamed(transport, [(decoder, "decode.py")], workdir)
         proc = transport.run([*python, AGENT_PATH.name, "--list-runtimes"], workdir, timeout=300)
         probe = _agent_json(proc, profile, "--list-runtimes")
         info.update({k: probe.get(k) for k in ("runtimes", "machine", "python", "numpy")})
@@ -254,17 +300,18 @@ def benchmark_on_device(
                 str(warmup),
                 "--min-iters",
                 str(min_iters),
+                *(["--decoder", "decode.py", "--detections-inline"] if decoder is not None else []),
             ]
             try:
                 check_model_file(j.file)  # a damaged file never reaches the runtime's parser
                 proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
-                entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile))
+                entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile, batch))
             except UserError as e:  # one model failing there: recorded, the others still measured
                 if strict:
                     raise
                 if log:
                     log(f"{profile.name}: {e}")
-                entries.append(_failed_entry(j, profile, rt, str(e)))
+                entries.append(_failed_entry(j, profile, rt, str(e), batch.task.name))
     finally:
         if not keep:
             transport.remove(workdir)

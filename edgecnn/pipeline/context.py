@@ -8,8 +8,10 @@ from typing import Any
 
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.errors import UserError
-from edgecnn.data.datasets import Dataset, load_data
+from edgecnn.data.datasets import Dataset
 from edgecnn.data.identity import data_sha256
+from edgecnn.tasks.base import Task
+from edgecnn.tasks.registry import get_task
 
 
 @dataclass
@@ -24,10 +26,22 @@ class Context:
     checked: bool = False
 
     @property
+    def task(self) -> Task:
+        """The recipe's task (classification by default): data, losses, metrics, parity, kept layers."""
+        return get_task(self.recipe.task)
+
+    @property
     def data(self) -> Dataset:
         if self._data is None:
             d = self.recipe.data
-            self._data = load_data(d.spec, d.val_fraction, d.mean, d.std, d.image_size)
+            size = d.image_size
+            if self.recipe.task != "classification" and isinstance(size, tuple):
+                if size[0] != size[1]:
+                    raise UserError(f"data.image_size {list(size)}: {self.recipe.task} letterboxes to a square; "
+                                    f"give one number, e.g. image_size: {max(size)}")
+                size = size[0]
+            self._data = self.task.load_data(d.spec, image_size=size, val_fraction=d.val_fraction, mean=d.mean,
+                                             std=d.std)
         return self._data
 
     @property
@@ -40,6 +54,8 @@ class Context:
     @property
     def augment(self) -> bool:
         a = self.recipe.data.augment
+        if self.recipe.task != "classification":
+            return a != "none"  # the task's own augmentation (boxes move with the pixels)
         if a == "auto":
             c, h, w = self.data.input_shape
             return c == 3 and h == w == 32
@@ -80,9 +96,10 @@ class Stage:
         return recipe_dict(recipe).get(self.name)
 
     def data_config(self, recipe: Recipe) -> dict:
-        """The part of the `data` section this stage's output depends on (hashed into its key)."""
+        """The part of the `data` section this stage's output depends on (hashed into its key), with the task."""
         data = recipe_dict(recipe)["data"]
-        return {k: data[k] for k in (*DATA_IDENTITY, *self.data_reads)}
+        out = {k: data[k] for k in (*DATA_IDENTITY, *self.data_reads)}
+        return out if recipe.task == "classification" else {**out, "task": recipe.task}
 
     def run(self, ctx: Context, out: Path) -> dict:
         """Write this stage's artifacts into `out` and return its result record."""

@@ -21,6 +21,7 @@ def preflight(ctx: Context) -> None:
     from edgecnn.models.files import build_model, load_weights
     from edgecnn.models.user import data_model_info, load_user_model
     from edgecnn.pipeline.stages.common import decision_split
+    from edgecnn.pipeline.stages.teacher import default_teacher
 
     recipe = ctx.recipe
     check_local_device(recipe.bench.device, "bench.device")
@@ -30,9 +31,9 @@ def preflight(ctx: Context) -> None:
     t = recipe.teacher
     teacher = None
     if t.model or t.weights:
-        teacher, _ = load_user_model(t.model or "lenet", t.kwargs, t.weights, data, "teacher")
+        teacher, _ = load_user_model(t.model or default_teacher(recipe.task), t.kwargs, t.weights, data, "teacher")
     elif t.kwargs:
-        teacher = build_model(data_model_info(data, "lenet", t.kwargs))
+        teacher = build_model(data_model_info(data, default_teacher(recipe.task), t.kwargs))
     s = recipe.student
     student = None
     if s is not None and s.model is not None:
@@ -41,7 +42,8 @@ def preflight(ctx: Context) -> None:
             load_weights(student, Path(s.weights))
     for field, model in (("teacher", teacher), ("student", student)):
         if model is not None:
-            check_forward(model, data.input_shape, data.num_classes, field)
+            check_forward(model, data.input_shape, data.num_classes, field, recipe.task == "classification")
+            ctx.task.head_spec(model, data)  # a detector the task cannot decode, or built for other data, fails here
     if recipe.prune is not None and recipe.prune.ignored_layers:
         pruned = student if student is not None else teacher
         if pruned is not None:
@@ -52,8 +54,10 @@ def preflight(ctx: Context) -> None:
                 raise UserError(f"prune.ignored_layers: no layer named {missing[0]!r}; layers are e.g. {examples}")
 
 
-def check_forward(model, input_shape: tuple[int, ...], num_classes: int, field: str) -> None:
-    """Run one all-zero image through a model: kwargs that build a broken network fail here, not in training."""
+def check_forward(model, input_shape: tuple[int, ...], num_classes: int, field: str, logits: bool = True) -> None:
+    """Run one all-zero image through a model: kwargs that build a broken network fail here, not in training.
+
+    With `logits` (classification) the output must be (1, num_classes)."""
     import torch
 
     was_training = model.training
@@ -69,7 +73,7 @@ def check_forward(model, input_shape: tuple[int, ...], num_classes: int, field: 
         ) from None
     finally:
         model.train(was_training)
-    if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[-1] != num_classes):
+    if logits and isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[-1] != num_classes):
         raise UserError(
             f"{field}: the model outputs shape {tuple(out.shape)} for one image, the data has {num_classes} "
             f"classes; fix {field}.model / {field}.kwargs (num_classes)"

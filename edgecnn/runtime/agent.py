@@ -2,11 +2,19 @@
 """edgecnn's benchmark agent: one file that needs only Python 3.9+, numpy and one runtime.
 
 It loads a model (.onnx with ONNX Runtime, .tflite with LiteRT or tflite-runtime, an OpenVINO IR
-.xml with its .bin beside it, TorchScript with torch when present), computes top-1 accuracy on the
-evaluation batch shipped with it (an .npz with uint8 images `x`, labels `y`, and the normalisation
-`mean`/`std`), measures batch-1 latency (warm-up, then at least --min-iters iterations and
---min-seconds), and prints one JSON object. edgecnn runs this same file locally in a subprocess
-and copies it to remote devices, so every accuracy and latency in a report is measured one way.
+.xml with its .bin beside it, TorchScript with torch when present), runs it on the evaluation batch
+shipped with it (an .npz with uint8 images `x`, targets `y`, the normalisation `mean`/`std` and,
+for a detector, its head spec `head` as JSON), measures batch-1 latency (warm-up, then at least
+--min-iters iterations and --min-seconds), and prints one JSON object. edgecnn runs this same
+file locally in a subprocess and copies it to remote devices, so every score and latency in a
+report is measured one way.
+
+Classification (no `head`, or a `logits` head): top-1 accuracy against the labels `y`.
+Detection: the raw head outputs become detections here, on the device, with edgecnn's numpy
+decoder (`--decoder`: edgecnn/tasks/detection/decode.py, copied beside this file by deploy);
+they are written to --detections-out for the host to score (COCO mAP by pycocotools), and the
+end-to-end latency (normalisation, model, decoding and NMS of one image) is timed beside the
+model's own.
 
     python3 agent.py --model model.tflite --data eval.npz --threads 1
 """
@@ -24,8 +32,9 @@ import time
 
 import numpy as np
 
-AGENT_VERSION = 3
+AGENT_VERSION = 4
 WARMUP_SECONDS = 0.2
+E2E_ITERS = 200  # end-to-end timings of a detector (decoding and NMS included): at most this many, or --min-iters
 
 # The one table of model formats and runtimes. The agent is copied alone to devices, so the table
 # lives here and the rest of edgecnn imports it from this file.
@@ -243,10 +252,8 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x.astype(np.float32) / 255.0 - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
 
 
-def evaluate(
-    rt, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 250
-) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy and logits over the whole evaluation batch."""
+def raw_outputs(rt, x: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """The model's raw fp32 outputs over the whole evaluation batch, (N, ...) as the model returns them."""
     step = rt.batch or batch_size
     outs = []
     for i in range(0, len(x), step):
@@ -256,8 +263,40 @@ def evaluate(
             outs.append(rt.run(np.concatenate([xb, pad]))[: len(xb)])
         else:
             outs.append(rt.run(xb))
-    logits = np.concatenate(outs).astype(np.float32).reshape(len(x), -1)
+    return np.concatenate(outs).astype(np.float32)
+
+
+def evaluate(
+    rt, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 250
+) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy and logits (N, classes) over the whole evaluation batch."""
+    logits = raw_outputs(rt, x, mean, std, batch_size).reshape(len(x), -1)
     return float((logits.argmax(1) == y).mean()), logits
+
+
+def load_decoder(path: str):
+    """edgecnn's numpy detection decoder (decode.py, numpy only) loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgecnn_agent_decode", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the detection decoder is missing; copy decode.py beside the agent")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure_end_to_end(rt, image: np.ndarray, mean: np.ndarray, std: np.ndarray, decode, iters: int) -> dict:
+    """Batch-1 latency of one uint8 image to detections: normalisation, the model, decoding and NMS."""
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter_ns()
+        decode(rt.run(normalize(image, mean, std)))
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    arr = np.array(times)
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
+            "p99": float(np.percentile(arr, 99)), "mean": float(arr.mean()), "iters": len(times)}
 
 
 def measure_latency(
@@ -336,8 +375,15 @@ def run(
     logits_out: str | None = None,
     pin: bool = True,
     cpus: list[int] | None = None,
+    decoder: str | None = None,
+    detections_out: str | None = None,
+    detections_inline: bool = False,
 ) -> dict:
     """Benchmark one model file on one evaluation batch; returns the JSON-able result.
+
+    With a detection head in the batch, `decoder` (decode.py; default: beside this file) turns the
+    raw outputs into detections, saved to `detections_out` (and, with `detections_inline`, returned
+    in the result as lists, for a device the host cannot copy files from); `accuracy` is then None.
 
     With `cpus` (leased by the host) the process runs on those CPUs only; without, a one-thread run
     (with `pin`) is pinned to the last CPU it may use. Pinning steadies latency.
@@ -346,17 +392,35 @@ def run(
     pinned = pin_to_cpus(cpus) if pin and (cpus or threads == 1) else None
     with np.load(data) as z:
         x, y, mean, std = z["x"], z["y"], z["mean"].astype(np.float32), z["std"].astype(np.float32)
+        head = json.loads(str(z["head"])) if "head" in z.files else {"kind": "logits"}
+    dec = None
+    if head.get("kind") != "logits":
+        dec = load_decoder(decoder or os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py"))
     base = _rss_mb()
     t0 = time.perf_counter()
     rt = open_runtime(model, threads, runtime)
     load_ms = (time.perf_counter() - t0) * 1e3
-    acc, logits = evaluate(rt, x, y, mean, std)
+    e2e = inline = None
+    if dec is None:
+        acc, logits = evaluate(rt, x, y, mean, std)
+    else:
+        acc, logits = None, raw_outputs(rt, x, mean, std)
+        detections = dec.decode(logits, head)
+        arrays = dec.to_arrays(detections)
+        if detections_out:
+            with open(detections_out, "wb") as f:
+                np.savez(f, **arrays)
+        if detections_inline:
+            inline = {k: np.round(v, 3).tolist() if v.dtype.kind == "f" else v.tolist() for k, v in arrays.items()}
     if logits_out:
         np.save(logits_out, logits)
     sample = normalize(x[:1], mean, std)
     if rt.batch and rt.batch > 1:
         sample = np.repeat(sample, rt.batch, axis=0)
     latency = measure_latency(rt, sample, warmup, min_iters, min_seconds)
+    if dec is not None and (not rt.batch or rt.batch == 1):
+        e2e = measure_end_to_end(rt, x[:1], mean, std, lambda raw: dec.decode(raw, head),
+                                 min(latency["iters"], max(min_iters, E2E_ITERS)))
     return {
         "agent_version": AGENT_VERSION,
         "model": os.path.basename(model),
@@ -372,6 +436,9 @@ def run(
         "eval_samples": int(len(y)),
         "load_ms": load_ms,
         "latency_ms": latency,
+        "e2e_latency_ms": e2e,
+        "task": "classification" if dec is None else "detection",
+        **({"detections": inline} if inline is not None else {}),
         "peak_memory_mb": _peak_mb(),
         "baseline_memory_mb": base,
         "machine": platform.machine(),
@@ -436,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--min-iters", type=int, default=50)
     ap.add_argument("--min-seconds", type=float, default=1.0)
-    ap.add_argument("--logits-out")
+    ap.add_argument("--logits-out", help="Save the raw outputs (.npy).")
+    ap.add_argument("--decoder", help="edgecnn's detection decoder, decode.py (default: beside this file).")
+    ap.add_argument("--detections-out", help="Save a detector's detections (.npz).")
+    ap.add_argument("--detections-inline", action="store_true", help="Return a detector's detections in the JSON.")
     ap.add_argument("--no-pin", action="store_true", help="Do not pin a one-thread run to one CPU.")
     ap.add_argument("--cpu", help="Run on these CPUs only (e.g. 3 or 2,3): the host's lease, so timings never share "
                     "a core.")
@@ -445,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus = [int(c) for c in a.cpu.split(",")] if a.cpu else None
         result = run(
             a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out, not a.no_pin,
-            cpus,
+            cpus, a.decoder, a.detections_out, a.detections_inline,
         )
     except ImportError as e:
         print(json.dumps({"error": f"no runtime for {a.model}: {e}"}))

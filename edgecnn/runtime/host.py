@@ -1,7 +1,9 @@
 """Host-side runtime helpers: evaluation batches, the agent run locally, CPU leases and parity checks.
 
-Accuracy and latency of every file are measured by `edgecnn/runtime/agent.py`, the same file that runs
+Scores and latency of every file are measured by `edgecnn/runtime/agent.py`, the same file that runs
 on remote devices; locally it runs in its own process so peak memory is the inference process's.
+A detector's batch carries its head spec, and the agent decodes its outputs with the task's numpy
+decoder (`Task.decoder_file`, passed as --decoder); the host scores the agent's detections.
 Every local timing first leases its CPUs (`cpu_lease`: one lock file per CPU, held with flock, so
 concurrent edgecnn processes of this user respect it) and pins the agent to them, so no two
 concurrent timings share a core.
@@ -30,22 +32,27 @@ from edgecnn.core.artifacts import atomic_path, atomic_write_bytes
 from edgecnn.core.errors import StageFailed
 from edgecnn.data.datasets import Dataset, Split
 from edgecnn.runtime import agent
+from edgecnn.tasks.base import Task
 
 AGENT_PATH = Path(agent.__file__)
 
 
-MEASURED = ("accuracy", "eval_samples", "latency_ms", "peak_memory_mb", "load_ms", "runtime", "inference_precision",
-            "providers", "threads", "cpus", "batch_size")
+MEASURED = ("eval_samples", "latency_ms", "e2e_latency_ms", "peak_memory_mb", "load_ms", "runtime",
+            "inference_precision", "providers", "threads", "cpus", "batch_size")
 """The fields of an agent's result that a report entry takes over as they are."""
 
 
-def measured(m: dict) -> dict:
-    """The report fields of one agent result (see MEASURED), with its task, score and metrics (95% interval)."""
-    return {**{k: m.get(k) for k in MEASURED}, **classification_fields(m["accuracy"], m["eval_samples"])}
+def measured(m: dict, scores: dict | None = None) -> dict:
+    """The report fields of one agent result (see MEASURED) with its task, score and metrics: `scores` (a
+    detector's, from its detections), else classification's top-1 (`accuracy`, with its 95% interval)."""
+    if scores is None:
+        scores = {"accuracy": m["accuracy"], **classification_fields(m["accuracy"], m["eval_samples"])}
+    return {**{k: m.get(k) for k in MEASURED}, **scores}
 
 
-def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
-    """The evaluation batch shipped to the agent: uint8 images, labels, normalisation."""
+def write_eval_npz(data: Dataset, split: Split, path: Path, head: dict | None = None) -> None:
+    """The evaluation batch shipped to the agent: uint8 images, targets, normalisation, a detector's head spec."""
+    extra = {} if head is None or head.get("kind") == "logits" else {"head": np.array(json.dumps(head))}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
@@ -54,6 +61,7 @@ def write_eval_npz(data: Dataset, split: Split, path: Path) -> None:
                 y=split.y.numpy(),
                 mean=np.array(data.mean, np.float32),
                 std=np.array(data.std, np.float32),
+                **extra,
             )
 
 
@@ -158,8 +166,13 @@ def run_agent_local(
     min_seconds: float = 1.0,
     logits_out: Path | None = None,
     timeout: float = 1800,
+    decoder: Path | None = None,
+    detections_out: Path | None = None,
 ) -> dict:
-    """Run the agent on this machine in a fresh process, on CPUs leased for it (`cpu_lease`), and return its JSON."""
+    """Run the agent on this machine in a fresh process, on CPUs leased for it (`cpu_lease`), and return its JSON.
+
+    `decoder` and `detections_out`: a detector's batch (write_eval_npz with its head) is decoded by
+    that file and its detections saved there."""
     cmd = [
         sys.executable,
         str(AGENT_PATH),
@@ -180,6 +193,10 @@ def run_agent_local(
     ]
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
+    if decoder is not None:
+        cmd += ["--decoder", str(decoder)]
+    if detections_out is not None:
+        cmd += ["--detections-out", str(detections_out)]
     with cpu_lease(threads if threads > 0 else len(allowed_cpus()) or 1) as cpus:
         if cpus:
             cmd += ["--cpu", ",".join(map(str, cpus))]
@@ -195,18 +212,27 @@ def run_agent_local(
     return result
 
 
-def runtime_logits(path: Path, data: Dataset, split: Split, threads: int = 1) -> tuple[float, np.ndarray]:
-    """Accuracy and logits of a model file on a split, in this process, through the agent's code."""
+def runtime_outputs(path: Path, data: Dataset, split: Split, threads: int = 1) -> np.ndarray:
+    """Raw outputs of a model file on a split, in this process, through the agent's code."""
     rt = agent.open_runtime(str(path), threads)
-    return agent.evaluate(
-        rt, split.x.numpy(), split.y.numpy(), np.array(data.mean, np.float32), np.array(data.std, np.float32)
-    )
+    return agent.raw_outputs(rt, split.x.numpy(), np.array(data.mean, np.float32), np.array(data.std, np.float32))
 
 
-def parity(logits: np.ndarray, reference: np.ndarray, reference_name: str) -> dict:
-    """Top-1 agreement and max absolute logit difference against a reference's logits."""
-    return {
-        "reference": reference_name,
-        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-        "max_abs_diff": float(np.abs(logits - reference).max()) if logits.size else 0.0,
-    }
+def runtime_logits(path: Path, data: Dataset, split: Split, threads: int = 1) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy and logits of a classifier file on a split, in this process, through the agent's code."""
+    logits = runtime_outputs(path, data, split, threads).reshape(len(split), -1)
+    return float((logits.argmax(1) == split.y.numpy()).mean()), logits
+
+
+def parity(task: Task, raw: np.ndarray, reference: np.ndarray, split: Split, head: dict, reference_name: str) -> dict:
+    """How raw outputs agree with a reference's on a split (Task.parity: top-1 agreement, matched detections),
+    named after the reference."""
+    return {"reference": reference_name, **task.parity(raw, reference, split.y, head)}
+
+
+def agent_scores(task: Task, detections: Path, split: Split, head: dict) -> dict:
+    """A report entry's task, score and metrics from the predictions the agent decoded and saved (a detector's)."""
+    with np.load(detections) as z:
+        dets = task.agent_predictions(dict(z))
+    metrics = task.metrics(dets, split.y, head)
+    return {"task": task.name, "score": task.score(metrics), "metrics": metrics}

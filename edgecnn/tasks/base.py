@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,13 +49,14 @@ class Task(ABC):
     name: ClassVar[str]
     score_metric: ClassVar[str]
     data_specs: ClassVar[str]  # the specs it reads, for messages: "mnist5k, imagefolder:PATH or cifar10:PATH"
+    agreement_of: ClassVar[str] = "images"  # what parity's `agreement` counts, for messages
 
     @abstractmethod
     def load_data(
         self,
         spec: str,
         *,
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
         val_fraction: float = 0.1,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -104,6 +106,15 @@ class Task(ABC):
     @abstractmethod
     def kept_layers(self, model: nn.Module, head: dict) -> list[str]:
         """Names of the layers pruning keeps whole (and int8 may keep in float) by default."""
+
+    def decoder_file(self) -> Path | None:
+        """The numpy-only file the device agent decodes raw outputs with (copied beside it by deploy); None when
+        the agent scores the raw outputs itself (classification's top-1)."""
+        return None
+
+    def agent_predictions(self, arrays: dict[str, np.ndarray]) -> Any:
+        """The predictions the agent decoded and saved (its --detections-out arrays), as `decode` returns them."""
+        raise NotImplementedError(f"the {self.name} task's agent saves no predictions")
 
     def evaluate(self, raw: np.ndarray, targets: torch.Tensor, head: dict) -> dict[str, float]:
         """Metrics of raw outputs: decode, then measure."""

@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.config.recipe import DistillConfig
-from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import Dataset, load_data
 from edgecnn.tasks.base import Task
 
@@ -41,14 +40,12 @@ class ClassificationTask(Task):
         self,
         spec: str,
         *,
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
         val_fraction: float = 0.1,
         mean: list[float] | None = None,
         std: list[float] | None = None,
     ) -> Dataset:
-        if image_size is not None:
-            raise UserError("data.image_size: classification reads images at their own size; remove it")
-        return load_data(spec, val_fraction, mean, std)
+        return load_data(spec, val_fraction, mean, std, image_size)
 
     def head_spec(self, model: nn.Module, data: Dataset) -> dict:
         return {"kind": "logits", "num_classes": data.num_classes}

@@ -1,7 +1,9 @@
-"""Bench: accuracy, latency and memory of every model of the run, measured by the agent; the deployed file.
+"""Bench: the task's score, latency and memory of every model of the run, measured by the agent; the deployed file.
 
 PyTorch models are traced to TorchScript for the agent; ONNX, TFLite and OpenVINO files run in their
-own runtimes. Each model runs in its own process, so its peak memory is its own. Of the exported
+own runtimes. Each model runs in its own process, so its peak memory is its own. A detector's
+outputs are decoded by the agent (numpy decode + NMS, timed end to end beside the model) and its
+detections scored here (COCO mAP by pycocotools). Of the exported
 files (every runtime and precision), the one marked `deploy` is the fastest here whose decision
 score (validation accuracy, export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch's
 (analysis/selection.py); the stage's `deployment` lists every candidate and says why it won.
@@ -17,10 +19,10 @@ from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import progress_bar
 from edgecnn.devices.profiles import check_local_device
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import eval_split, load_stage_model
+from edgecnn.pipeline.stages.common import decision_score, eval_split, load_stage_model
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import GPU_RUNTIMES, model_size
-from edgecnn.runtime.host import measured, run_agent_local, save_torchscript, write_eval_npz
+from edgecnn.runtime.host import agent_scores, measured, run_agent_local, save_torchscript, write_eval_npz
 from edgecnn.runtime.int8_proof import proof_fields
 
 GPU_PROVIDERS = ("cuda", "CUDAExecutionProvider", "TensorrtExecutionProvider")  # what the agent reports on a GPU
@@ -44,6 +46,7 @@ def candidates(ctx: Context) -> list[dict]:
                 "params": r.get("params"),
                 "macs": r.get("macs"),
                 "parity": None,
+                "source": stage,
             }
         )
     for stage, precision in (("export", "fp32"), ("quantize", "int8")):
@@ -64,7 +67,8 @@ def candidates(ctx: Context) -> list[dict]:
                     "params": src.get("params"),
                     "macs": src.get("macs"),
                     "parity": f["parity"],
-                    "decision_score": f.get("val_accuracy"),
+                    "decision_score": decision_score(f),
+                    "source": r["source"],
                     # what of the file runs in integer kernels, read from the file itself; the layers kept float
                     "int8": {**proof_fields(file), "float_layers": f.get("float_layers", [])} if int8 else {},
                 }
@@ -75,10 +79,10 @@ def candidates(ctx: Context) -> list[dict]:
 def reference_score(ctx: Context) -> float | None:
     """fp32 PyTorch's decision score (validation split) of the exported model: what the budget is measured against."""
     export = ctx.results.get("export") or {}
-    if "reference_val_accuracy" in export:
-        return export["reference_val_accuracy"]
+    if decision_score(export, "reference_") is not None:
+        return decision_score(export, "reference_")
     files = (ctx.results.get("quantize") or {}).get("files", {}).values()  # a run exported before the field
-    return next((f["reference_val_accuracy"] for f in files if "reference_val_accuracy" in f), None)
+    return next((decision_score(f, "reference_") for f in files if decision_score(f, "reference_") is not None), None)
 
 
 def deployment(ctx: Context, models: list[dict]) -> dict | None:
@@ -104,19 +108,38 @@ class BenchStage(Stage):
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench
         check_local_device(cfg.device, "bench.device")
-        npz = out / "eval.npz"
-        write_eval_npz(ctx.data, eval_split(ctx), npz)
-        models = []
         todo = [c for c in candidates(ctx) if cfg.device != "local-gpu" or c["format"] in GPU_RUNTIMES]
+        batches = self._batches(ctx, todo, out)
+        models = []
         with progress_bar("bench", total=len(todo), unit="models") as bar:
             for c in todo:
-                models.append(self._measure(ctx, c, npz, out))
+                models.append(self._measure(ctx, c, batches[c["source"]], out))
                 bar.advance(f"{c['name']} {c['format']} {c['precision']}")
         return {"models": models, "deployment": deployment(ctx, models)}
 
-    def _measure(self, ctx: Context, c: dict, npz: Path, out: Path) -> dict:
+    @staticmethod
+    def _batches(ctx: Context, todo: list[dict], out: Path) -> dict[str, tuple[Path, dict]]:
+        """The evaluation batch (and head spec) of each source stage's models: `eval.npz` for the latest model's
+        head (what deploy ships), `eval.<stage>.npz` for a model whose head differs (a detector of other strides)."""
+        split, latest = eval_split(ctx), ctx.latest_model()[0]
+        heads = {s: ctx.task.head_spec(load_stage_model(ctx, s)[0], ctx.data) for s in {c["source"] for c in todo}}
+        heads.setdefault(latest, ctx.task.head_spec(load_stage_model(ctx, latest)[0], ctx.data))
+        written: dict[str, Path] = {}
+        out_map = {}
+        for stage in [latest, *sorted(set(heads) - {latest})]:
+            key = repr(heads[stage])
+            if key not in written:
+                written[key] = out / ("eval.npz" if not written else f"eval.{stage}.npz")
+                write_eval_npz(ctx.data, split, written[key], heads[stage])
+            out_map[stage] = (written[key], heads[stage])
+        return out_map
+
+    def _measure(self, ctx: Context, c: dict, batch: tuple[Path, dict], out: Path) -> dict:
         """Benchmark one candidate with the agent in its own process; a report.json model entry."""
         cfg = ctx.recipe.bench
+        npz, head = batch
+        decoder = ctx.task.decoder_file()
+        dets = out / "detections.npz" if decoder else None
         target = c["file"]
         if c["format"] == "pytorch":
             model, _ = load_stage_model(ctx, c["stage"])
@@ -130,7 +153,12 @@ class BenchStage(Stage):
             warmup=cfg.warmup,
             min_iters=cfg.min_iters,
             min_seconds=cfg.min_seconds,
+            decoder=decoder,
+            detections_out=dets,
         )
+        scores = agent_scores(ctx.task, dets, eval_split(ctx), head) if dets else None
+        if dets:
+            dets.unlink()
         if cfg.device == "local-gpu" and not any(p in GPU_PROVIDERS for p in (m.get("providers") or [])[:1]):
             raise StageFailed(
                 f"{target.name}: the agent ran on {(m.get('providers') or ['an unknown provider'])[0]}, not a GPU; "
@@ -146,7 +174,7 @@ class BenchStage(Stage):
             "size_bytes": model_size(str(c["file"])),
             "params": c["params"],
             "macs": c["macs"],
-            **measured(m),
+            **measured(m, scores),
             "device": cfg.device,
             "parity": c["parity"],
             "decision_score": c.get("decision_score"),

@@ -46,9 +46,11 @@ class DistillStage(Stage):
                 teacher=teacher,
                 kd=kd,
                 label="distill",
+                task=ctx.task,
             )
         else:
-            res = fit(student, ctx.data, ctx.recipe.train, seed=ctx.recipe.seed, augment=ctx.augment, label="student")
+            res = fit(student, ctx.data, ctx.recipe.train, seed=ctx.recipe.seed, augment=ctx.augment, label="student",
+                      task=ctx.task)
         save_model(student, info, out / "model.pt")
         return {
             "model_file": "model.pt",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from edgecnn.analysis.selection import within_budget
 from edgecnn.analysis.sensitivity import write_sensitivity
@@ -32,7 +32,6 @@ from edgecnn.compression.mixed import (
 from edgecnn.compression.openvino_ir import quantize_openvino
 from edgecnn.compression.quantize import quantize_tflite
 from edgecnn.compression.sensitivity import onnx_sensitivity
-from edgecnn.compression.train import accuracy
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import log
 from edgecnn.data.datasets import Split
@@ -85,9 +84,10 @@ class MixedPrecision:
                                 "set quantize.fallback: none") from None
         return self._nodes[src]
 
-    def score(self, logits) -> float:
-        """The decision score of the sensitivity images' logits (the stages' accuracy helper)."""
-        return accuracy(torch.as_tensor(logits), self.val.y)
+    def score(self, raw) -> float:
+        """The task's decision score of the sensitivity images' raw outputs (top-1 accuracy, mAP, OKS-AP)."""
+        task = self.run.ctx.task
+        return task.score(task.evaluate(np.asarray(raw), self.val.y, self.run.head))
 
     def sensitivity(self) -> list[dict]:
         """Per-layer int8 sensitivity on the validation split, measured once (ONNX Runtime, the recipe's ONNX
@@ -127,7 +127,7 @@ class MixedPrecision:
         if fmt not in MIXED_FORMATS or self.cfg.fallback != "auto":
             return []
         ranking = [r["layer"] for r in sorted(self.sensitivity(), key=lambda r: r["rank"])]
-        base = {k: v for k, v in max(ptq, key=lambda c: c["val_accuracy"])["config"].items() if k != "float_layers"}
+        base = {k: v for k, v in max(ptq, key=lambda c: c["val_score"])["config"].items() if k != "float_layers"}
         start = time.perf_counter()
         tried: list[dict] = []
 
@@ -137,7 +137,7 @@ class MixedPrecision:
             names = sorted(names, key=order.index)
             c = self.quantize(fmt, {**base, "float_layers": names}, f"mixed{len(names)}")
             tried.append(c)
-            return within_budget(self.run.ref_val_acc, c["val_accuracy"], self.cfg.accuracy_budget)
+            return within_budget(self.run.ref_val_acc, c["val_score"], self.cfg.accuracy_budget)
 
         k = fewest_float_layers(ranking, meets)
         self.seconds[f"fallback_{fmt}"] = time.perf_counter() - start

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from edgecnn.compression.pruning import ChannelPruner, group_multiple, kept_layers, latency_timer, pruning_mode
 from edgecnn.compression.train import fit
@@ -33,10 +32,11 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def make_pruner(
-    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, num_classes: int, steps: int,
+    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, task_kept: list[str], steps: int,
     mode: str | None = None,
 ) -> ChannelPruner:
-    """A pruner removing `ratio` of the channels of `model` over `steps` steps, as `cfg` says."""
+    """A pruner removing `ratio` of the channels of `model` over `steps` steps, as `cfg` says; the layers named
+    in `task_kept` (Task.kept_layers) and prune.ignored_layers stay whole."""
     return ChannelPruner(
         model,
         example,
@@ -45,27 +45,28 @@ def make_pruner(
         kind=cfg.importance,
         global_pruning=cfg.global_pruning,
         round_to=cfg.round_to,
-        ignored=kept_layers(model, cfg.ignored_layers, num_classes),
+        ignored=kept_layers(model, cfg.ignored_layers, task_kept),
         mode=mode,
     )
 
 
 def taylor_grads(model: nn.Module, ctx: Context, n_batches: int = 4) -> None:
-    """Taylor importance needs gradients of the loss: accumulate a few batches' worth of training images,
-    drawn evenly across classes (Dataset.calibration)."""
+    """Taylor importance needs gradients of the task's loss: accumulate a few batches' worth of training images
+    (Dataset.calibration: drawn evenly across classes for classification)."""
     model.train()
     model.zero_grad()
+    head = ctx.task.head_spec(model, ctx.data)
     for xb, yb in batches(ctx.data.calibration(n_batches * 128, ctx.recipe.seed), 128):
-        F.cross_entropy(model(ctx.data.normalize(xb)), yb).backward()
+        ctx.task.loss(model(ctx.data.normalize(xb)), yb, head).backward()
 
 
 def prune_copy(
-    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, num_classes: int,
+    model: nn.Module, cfg: PruneConfig, ratio: float, example: torch.Tensor, task_kept: list[str],
     mode: str | None = None, grads: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     """A one-shot pruned copy of `model` (used to search the ratio that meets a target)."""
     m = copy.deepcopy(model)
-    pruner = make_pruner(m, cfg, ratio, example, num_classes, 1, mode)
+    pruner = make_pruner(m, cfg, ratio, example, task_kept, 1, mode)
     if cfg.importance == "taylor" and grads is not None:
         grads(m)
     pruner.step()
@@ -82,7 +83,7 @@ def target_of(cfg: PruneConfig) -> str | None:
 
 
 def find_ratio(
-    model: nn.Module, cfg: PruneConfig, example: torch.Tensor, num_classes: int,
+    model: nn.Module, cfg: PruneConfig, example: torch.Tensor, task_kept: list[str],
     mode: str | None = None, grads: Callable[[nn.Module], None] | None = None,
     timer: Callable[[nn.Module, torch.Tensor], float] | None = None,
 ) -> tuple[float, dict]:
@@ -122,7 +123,7 @@ def find_ratio(
     log = {"target": what, "goal": goal, "tried": []}
 
     def measure(ratio: float) -> float:
-        v = value(prune_copy(model, cfg, ratio, example, num_classes, mode, grads)) if ratio > 0 else value(model)
+        v = value(prune_copy(model, cfg, ratio, example, task_kept, mode, grads)) if ratio > 0 else value(model)
         log["tried"].append({"ratio": round(ratio, 4), "value": v})
         return v
 
@@ -220,7 +221,8 @@ class PruneStage(Stage):
                 "prune: a TorchScript model cannot be pruned; give teacher.model as file.py:Class "
                 "(or torchvision:NAME) with teacher.weights, or add a student"
             )
-        shape, n_cls = ctx.data.input_shape, ctx.data.num_classes
+        shape = ctx.data.input_shape
+        task_kept = ctx.task.kept_layers(model, ctx.task.head_spec(model, ctx.data))
         example = torch.zeros(1, *shape)
         timer = latency_timer(cfg.latency_threads, cfg.latency_device) if cfg.latency_budget_ms else None
         before = count_macs_params(model, shape)
@@ -228,12 +230,12 @@ class PruneStage(Stage):
             model, example, cfg.ratio or 0.3,
             {"importance": cfg.importance, "global_pruning": cfg.global_pruning, "pruning_ratio": 0.3,
              "iterative_steps": 1, "round_to": cfg.round_to},
-            kept_layers(model, cfg.ignored_layers, n_cls),
+            kept_layers(model, cfg.ignored_layers, task_kept),
         )
         search = None
         ratio = cfg.ratio
         if target_of(cfg):
-            ratio, search = find_ratio(model, cfg, example, n_cls, mode, lambda m: taylor_grads(m, ctx), timer)
+            ratio, search = find_ratio(model, cfg, example, task_kept, mode, lambda m: taylor_grads(m, ctx), timer)
             search["ratio"] = ratio
         timer = timer or latency_timer(1, "local-cpu")
         latency_before = timer(model, example)
@@ -241,7 +243,7 @@ class PruneStage(Stage):
         if cfg.distill and source == "teacher":
             teacher = copy.deepcopy(model).eval()  # fine-tune by distilling from the unpruned self
         kd = (ctx.recipe.distill or DistillConfig()) if teacher is not None else None
-        pruner = make_pruner(model, cfg, ratio, example, n_cls, cfg.iterative_steps, mode)
+        pruner = make_pruner(model, cfg, ratio, example, task_kept, cfg.iterative_steps, mode)
         history = []
         for step in range(cfg.iterative_steps):
             if cfg.importance == "taylor":
@@ -263,6 +265,7 @@ class PruneStage(Stage):
                 teacher=teacher,
                 kd=kd,
                 label=f"prune {step + 1}/{cfg.iterative_steps}",
+                task=ctx.task,
             )
             macs, params = count_macs_params(model, shape)
             history.append({"step": step + 1, "macs": macs, "params": params, "epochs": epochs, "history": res.history})

@@ -38,19 +38,19 @@ from edgecnn.compression.openvino_ir import (
 )
 from edgecnn.compression.qat import QatResult, train_qat
 from edgecnn.compression.quantize import convert_pt2e_tflite, quantize_onnx
-from edgecnn.compression.train import accuracy, predict
 from edgecnn.config.recipe import Recipe, recipe_dict
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log
 from edgecnn.data.datasets import Split
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model
+from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model, score_fields
 from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.mixed import MIXED_FORMATS, MixedPrecision
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import CPU_RUNTIMES
 from edgecnn.runtime.host import parity, write_eval_npz
 from edgecnn.runtime.int8_proof import proof_fields
+from edgecnn.tasks.base import raw_outputs
 
 SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}  # an IR's .bin travels with its .xml
 SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
@@ -89,10 +89,11 @@ class QuantizeRun:
         source, _ = ctx.latest_model()
         model, _ = load_stage_model(ctx, source)
         val, test = decision_split(ctx), eval_split(ctx)
-        ref_val, ref_test = predict(model, ctx.data, val), predict(model, ctx.data, test)
-        self.ref_val_acc, self.ref_acc = accuracy(ref_val, val.y), accuracy(ref_test, test.y)
-        self.ref_logits = ref_test.numpy()
-        self.labels = {DECISION_SPLIT: val.y.numpy(), "test": test.y.numpy()}
+        self.splits, self.head = {DECISION_SPLIT: val, "test": test}, ctx.task.head_spec(model, ctx.data)
+        ref = {k: raw_outputs(model, ctx.data, split) for k, split in self.splits.items()}
+        self.ref_scores = score_fields(ctx, ref, self.splits, self.head)
+        self.ref_val_acc, self.ref_acc = self.ref_scores["val_score"], self.ref_scores["score"]  # the task's scores
+        self.ref_logits = ref["test"]
         self.ref_name = f"{model_name(ctx, source)}/pytorch"
         self.model = model
         self.mixed = MixedPrecision(self, val)  # an unknown quantize.fallback layer ends here, before any work
@@ -101,26 +102,28 @@ class QuantizeRun:
         with tempfile.TemporaryDirectory(dir=out) as work:
             self.work = Path(work)
             self.npz = self.work / "eval.npz"  # the validation images, then the test images
-            write_eval_npz(ctx.data, Split(torch.cat([val.x, test.x]), torch.cat([val.y, test.y])), self.npz)
+            write_eval_npz(ctx.data, Split(torch.cat([val.x, test.x]), _cat_targets(val.y, test.y)), self.npz,
+                           self.head)
             for fmt in ctx.recipe.export.formats:
                 fp32 = self._scored(measure(ctx.stage_dir("export") / f"model.{SUFFIX[fmt]}", self.npz,
-                                            ctx.recipe.bench, self.work / "logits.npy"))
+                                            ctx.recipe.bench, self.work / "logits.npy", ctx.task.decoder_file()))
                 if fmt == "openvino" and not cfg.openvino.enabled:  # no NNCF int8: the fp32 IR stays
                     candidates[fmt], deploy[fmt] = [self._fp32_row(fmt, fp32)], "fp32"
                     continue
                 cands = self._post_training(fmt)
-                best = choose(cands, self.ref_val_acc, budget)
+                best = choose(cands, self.ref_val_acc, budget, "val_score")
                 if best is None and fmt in MIXED_FORMATS:  # layers kept in float, before QAT
                     cands += self.mixed.fallback(fmt, cands, notes)
-                    best = choose(cands, self.ref_val_acc, budget)
+                    best = choose(cands, self.ref_val_acc, budget, "val_score")
                 if cfg.qat.enabled == "true" or (best is None and cfg.qat.enabled == "auto"):
                     cands += self._qat_candidates(fmt, best)
-                    best = choose(cands, self.ref_val_acc, budget)
+                    best = choose(cands, self.ref_val_acc, budget, "val_score")
                 if best is None:
-                    best = max(cands, key=lambda c: c["val_accuracy"])
+                    best = max(cands, key=lambda c: c["val_score"])
                     gate(
                         False,
-                        f"{fmt} int8 loses {100 * (self.ref_val_acc - best['val_accuracy']):.2f} points against "
+                        f"{fmt} int8 loses {100 * (self.ref_val_acc - best['val_score']):.2f} points "
+                        f"of {ctx.task.score_metric} against "
                         f"fp32 PyTorch on the validation split even in its best config ({describe(best['config'])}"
                         f"{', after QAT' if best['qat'] else ''}); budget quantize.accuracy_budget="
                         f"{budget}; raise the budget or enable quantize.qat",
@@ -168,15 +171,21 @@ class QuantizeRun:
                                                                  self.ctx.recipe.seed).x)
 
     def _scored(self, m: dict) -> dict:
-        """An agent result over validation + test images, split into `val_accuracy`, `accuracy` (test), test logits."""
-        n_val = len(self.labels[DECISION_SPLIT])
-        logits = m["logits"]
-        return {
-            **m,
-            "val_accuracy": float((logits[:n_val].argmax(1) == self.labels[DECISION_SPLIT]).mean()),
-            "accuracy": float((logits[n_val:].argmax(1) == self.labels["test"]).mean()),
-            "logits": logits[n_val:],
-        }
+        """An agent result over validation + test images: the task's `val_score`, `score` and `metrics` (test;
+        classification: `val_accuracy`, `accuracy` too) and the test split's raw outputs as `logits`."""
+        n_val = len(self.splits[DECISION_SPLIT])
+        raw = {DECISION_SPLIT: m["logits"][:n_val], "test": m["logits"][n_val:]}
+        return {**m, **score_fields(self.ctx, raw, self.splits, self.head), "logits": raw["test"]}
+
+    def _parity(self, c: dict) -> dict:
+        """A measured file's parity with the PyTorch source on the test split (Task.parity)."""
+        return parity(self.ctx.task, c["logits"], self.ref_logits, self.splits["test"], self.head, self.ref_name)
+
+    def _scores(self, c: dict) -> dict:
+        """A record's scores: the file's and fp32 PyTorch's, on the validation and test splits."""
+        keys = ("val_score", "score", "metrics", "val_accuracy", "accuracy")
+        return {**{k: c[k] for k in keys if k in c},
+                **{f"reference_{k}": self.ref_scores[k] for k in keys[:2] + keys[3:] if k in self.ref_scores}}
 
     def _openvino_int8(self, src: Path, stem: str) -> list[dict]:
         """NNCF int8 IRs of the fp32 IR `src` (one per preset tried), each measured."""
@@ -201,28 +210,28 @@ class QuantizeRun:
             name = f"model.{precision}.xml"
             reprecision(self.ctx.stage_dir("export") / "model.xml", self.out / name, precision)
             c = self._measured(self.out / name, {"inference_precision": precision}, False)
-            ok = within_budget(self.ref_val_acc, c["val_accuracy"], cfg.accuracy_budget)
+            ok = within_budget(self.ref_val_acc, c["val_score"], cfg.accuracy_budget)
             if not ok:
-                notes.append(f"openvino {precision} loses {100 * (self.ref_val_acc - c['val_accuracy']):.2f} points "
+                notes.append(f"openvino {precision} loses {100 * (self.ref_val_acc - c['val_score']):.2f} points "
                              f"against fp32 PyTorch on the validation split, over quantize.accuracy_budget="
                              f"{cfg.accuracy_budget}: never deployed")
             files[f"openvino-{precision}"] = {
                 "file": name, "format": "openvino", "precision": precision, "decision_split": DECISION_SPLIT,
-                "val_accuracy": c["val_accuracy"], "reference_val_accuracy": self.ref_val_acc,
-                "accuracy": c["accuracy"], "reference_accuracy": self.ref_acc,
-                "parity": parity(c["logits"], self.ref_logits, self.ref_name),
+                **self._scores(c),
+                "parity": self._parity(c),
                 "config": c["config"], "qat": False, "p50_ms": c["p50_ms"], "size_bytes": c["size_bytes"],
                 "inference_precision": c["inference_precision"], "within_budget": ok,
             }
             table.append(self._row(c, chosen=False, precision=precision))
 
     def _measured(self, path: Path, config: dict, qat: bool) -> dict:
-        m = self._scored(measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy"))
+        m = self._scored(measure(path, self.npz, self.ctx.recipe.bench, self.work / "logits.npy",
+                                 self.ctx.task.decoder_file()))
         kind = "" if "inference_precision" in config else " int8"
         if kind:
             m.update(proof_fields(path))
         log(f"  {path.suffix[1:]}{kind} {describe(config)}{' QAT' if qat else ''}: "
-            f"val accuracy {m['val_accuracy']:.4f}, p50 {m['p50_ms']:.3f} ms")
+            f"val {self.ctx.task.score_metric} {m['val_score']:.4f}, p50 {m['p50_ms']:.3f} ms")
         return {"config": config, "qat": qat, "path": path, **m}
 
     def _post_training(self, fmt: str) -> list[dict]:
@@ -253,6 +262,7 @@ class QuantizeRun:
                 self.model, ctx.data, cfg.qat, seed=ctx.recipe.seed, augment=ctx.augment,
                 per_channel=cfg.tflite.per_channel, teacher=teacher,
                 temperature=kd.temperature if kd else 4.0, alpha=kd.alpha if kd else 0.7,
+                task=ctx.task, head=self.head,
             )
         return self._qat
 
@@ -286,13 +296,12 @@ class QuantizeRun:
             "runtime": CPU_RUNTIMES[SUFFIX_FORMAT[c["path"].suffix[1:]]],
             "precision": precision,
             "qat": c["qat"],
-            "val_accuracy": c["val_accuracy"],
-            "accuracy": c["accuracy"],
+            **{k: c[k] for k in ("val_score", "score", "val_accuracy", "accuracy") if k in c},
             "p50_ms": c["p50_ms"],
             "size_bytes": c["size_bytes"],
             "integer_mac_share": c.get("integer_mac_share"),
             "float_layers": c["config"].get("float_layers", []),
-            "within_budget": within_budget(self.ref_val_acc, c["val_accuracy"],
+            "within_budget": within_budget(self.ref_val_acc, c["val_score"],
                                            self.ctx.recipe.quantize.accuracy_budget),
             "chosen": chosen,
         }
@@ -300,7 +309,7 @@ class QuantizeRun:
     @staticmethod
     def _fp32_row(fmt: str, fp32: dict) -> dict:
         return {"config": "fp32", "label": "fp32 export", "runtime": CPU_RUNTIMES[fmt], "precision": "fp32",
-                "qat": False, "val_accuracy": fp32["val_accuracy"], "accuracy": fp32["accuracy"],
+                "qat": False, **{k: fp32[k] for k in ("val_score", "score", "val_accuracy", "accuracy") if k in fp32},
                 "p50_ms": fp32["p50_ms"], "size_bytes": fp32["size_bytes"], "within_budget": True, "chosen": False}
 
     def _keep(self, fmt: str, best: dict, cands: list[dict], fp32: dict) -> tuple[dict, list[dict], str | None]:
@@ -324,11 +333,8 @@ class QuantizeRun:
         record = {
             "file": name,
             "decision_split": DECISION_SPLIT,
-            "val_accuracy": best["val_accuracy"],
-            "reference_val_accuracy": self.ref_val_acc,
-            "accuracy": best["accuracy"],
-            "reference_accuracy": self.ref_acc,
-            "parity": parity(best["logits"], self.ref_logits, self.ref_name),
+            **self._scores(best),
+            "parity": self._parity(best),
             "config": best["config"],
             "qat": best["qat"],
             "p50_ms": best["p50_ms"],
@@ -339,3 +345,11 @@ class QuantizeRun:
             **{k: best[k] for k in ("integer_mac_share", "float_islands", "mostly_float")},
         }
         return record, table, note
+
+
+def _cat_targets(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two splits' targets in one tensor: labels as they are, padded detection rows padded to the longer."""
+    if a.dim() == 3 and a.shape[1] != b.shape[1]:
+        m = max(a.shape[1], b.shape[1])
+        a, b = (torch.nn.functional.pad(t, (0, 0, 0, m - t.shape[1]), value=-1.0) for t in (a, b))
+    return torch.cat([a, b])

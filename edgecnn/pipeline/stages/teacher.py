@@ -11,10 +11,16 @@ from edgecnn.models.user import data_model_info, is_model_file, load_user_model
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import file_fingerprint, measure_torch
 
+DEFAULT_TEACHERS = {"classification": "lenet", "detection": "det_small"}
+
 
 def model_info(ctx: Context, spec: str, kwargs: dict) -> ModelInfo:
     return data_model_info(ctx.data, spec, kwargs)
 
+
+def default_teacher(task: str) -> str:
+    """The zoo model a teacher without `model` is built from: the task's (lenet, det_small)."""
+    return DEFAULT_TEACHERS[task]
 
 
 class TeacherStage(Stage):
@@ -38,10 +44,11 @@ class TeacherStage(Stage):
                 return {"torchscript": t.model, "trained": None, **measure_torch(ctx, model)}
             save_model(model, info, out / "model.pt")
             return {"model_file": "model.pt", "trained": None, **measure_torch(ctx, model)}
-        model, info = load_user_model(t.model or "lenet", t.kwargs, t.weights, ctx.data)
+        model, info = load_user_model(t.model or default_teacher(ctx.recipe.task), t.kwargs, t.weights, ctx.data)
         trained = None
         if not t.weights:
-            res = fit(model, ctx.data, ctx.recipe.train, seed=ctx.recipe.seed, augment=ctx.augment, label="teacher")
+            res = fit(model, ctx.data, ctx.recipe.train, seed=ctx.recipe.seed, augment=ctx.augment, label="teacher",
+                      task=ctx.task)
             trained = {
                 "epochs": res.epochs,
                 "precision": res.precision,

@@ -67,6 +67,12 @@ class DetectionDataset(Dataset):
 
     pad_value: int = PAD_VALUE
 
+    def calibration(self, n: int, seed: int = SPLIT_SEED) -> Split:
+        """`n` training images drawn at random (seeded): images hold several classes, so no class strata."""
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.train), generator=g)[: min(n, len(self.train))]
+        return Split(self.train.x[idx], self.train.y[idx])
+
     def describe(self) -> dict:
         objects = {name: int((getattr(self, name).y[..., 0] >= 0).sum()) for name in SPLITS}
         return {**super().describe(), "task": "detection", "objects": objects}

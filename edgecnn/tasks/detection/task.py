@@ -14,6 +14,7 @@ prediction convs (4 box + 1 quality + C class channels), or all of a torchvision
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,12 +52,13 @@ class DetectionTask(Task):
     name = "detection"
     score_metric = "mAP"
     data_specs = "mnist-detect, coco:PATH or yolo:PATH"
+    agreement_of = "confident detections (score >= 0.3, matched at IoU >= 0.5)"
 
     def load_data(
         self,
         spec: str,
         *,
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
         val_fraction: float = 0.1,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -104,6 +106,12 @@ class DetectionTask(Task):
 
     def decode(self, raw: np.ndarray, head: dict) -> list[dd.Detections]:
         return dd.decode(raw, head)
+
+    def decoder_file(self) -> Path:
+        return Path(dd.__file__)
+
+    def agent_predictions(self, arrays: dict[str, np.ndarray]) -> list[dd.Detections]:
+        return dd.from_arrays(arrays)
 
     def metrics(self, predictions: list[dd.Detections], targets: torch.Tensor, head: dict) -> dict[str, float]:
         return coco_map(predictions, targets, head["num_classes"])
