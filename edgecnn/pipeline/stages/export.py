@@ -83,6 +83,8 @@ class ExportStage(Stage):
                 **score_fields(ctx, raws, splits, head),
                 "parity": checks["test"],
                 "val_parity": checks[DECISION_SPLIT],
+                "gate": {"min_agreement": cfg.min_agreement, "agreement": agree, "split": DECISION_SPLIT,
+                         "passed": agree >= cfg.min_agreement},
             }
         return {
             "source": source,
