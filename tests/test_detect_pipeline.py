@@ -108,9 +108,10 @@ def test_local_agent_scores_detections_with_pycocotools(data, detector, tmp_path
     assert check["agreement"] >= 0.99 and abs(check["map_delta"]) < 1e-3
 
 
-def _report(folder: Path, task: str, score: float) -> Path:
+def _report(folder: Path, task: str, score: float, metrics: dict | None = None) -> Path:
     folder.mkdir(parents=True)
-    metrics = {"top1": score} if task == "classification" else {"mAP": score, "mAP50": score + 0.1, "mAP75": score}
+    if metrics is None:
+        metrics = {"top1": score} if task == "classification" else {"mAP": score, "mAP50": score + 0.1, "mAP75": score}
     model = {"name": "student", "format": "onnx", "precision": "fp32", "path": "export/model.onnx", "size_bytes": 9000,
              "params": 1, "macs": 1, "task": task, "score": score, "metrics": metrics, "eval_samples": 100,
              "latency_ms": {"p50": 1.0, "p90": 1.1}, "e2e_latency_ms": {"p50": 1.5}, "peak_memory_mb": 50.0,
