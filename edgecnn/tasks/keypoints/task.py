@@ -56,6 +56,7 @@ class KeypointsTask(Task):
     name = "keypoints"
     score_metric = "oks_ap"
     data_specs = "mnist-keypoints or coco-keypoints:PATH"
+    agreement_of = "keypoints (within half a heatmap cell)"
 
     def load_data(
         self,
