@@ -87,9 +87,9 @@ def _print_rich(title: str, header: list[str], rows: list[list[str]], width: int
 
 
 def _print_table(models: list[dict]) -> None:
-    from edgecnn.analysis.report import HEADER, model_rows
+    from edgecnn.analysis.report import header, model_rows, report_task
 
-    _print_rich("edgecnn models", HEADER, model_rows(models), 160)
+    _print_rich("edgecnn models", header(report_task(models)), model_rows(models), 160)
 
 
 def _print_compare(result: dict) -> None:

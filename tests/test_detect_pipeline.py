@@ -90,7 +90,7 @@ def test_agent_decodes_on_its_own_with_the_shared_decoder(data, detector, tmp_pa
     for a, h in zip(agent, host, strict=True):
         assert len(a) == len(h) and np.array_equal(a.classes, h.classes)
         assert np.allclose(a.boxes, h.boxes, atol=1e-3) and np.allclose(a.scores, h.scores, atol=1e-4)
-    inline = dd.from_arrays({k: np.asarray(v) for k, v in result["detections"].items()})
+    inline = dd.from_arrays({k: np.asarray(v) for k, v in result["predictions"].items()})
     assert [len(d) for d in inline] == [len(d) for d in agent]
 
 
@@ -99,7 +99,7 @@ def test_local_agent_scores_detections_with_pycocotools(data, detector, tmp_path
     npz, dets = tmp_path / "eval.npz", tmp_path / "dets.npz"
     write_eval_npz(data, data.test, npz, head)
     m = run_agent_local(path, npz, min_iters=5, min_seconds=0, warmup=1, decoder=task.decoder_file(),
-                        detections_out=dets)
+                        predictions_out=dets)
     scores = agent_scores(task, dets, data.test, head)
     expect = task.evaluate(runtime_outputs(path, data, data.test), data.test.y, head)
     assert scores["task"] == "detection" and scores["score"] == scores["metrics"]["mAP"]
@@ -108,9 +108,10 @@ def test_local_agent_scores_detections_with_pycocotools(data, detector, tmp_path
     assert check["agreement"] >= 0.99 and abs(check["map_delta"]) < 1e-3
 
 
-def _report(folder: Path, task: str, score: float) -> Path:
+def _report(folder: Path, task: str, score: float, metrics: dict | None = None) -> Path:
     folder.mkdir(parents=True)
-    metrics = {"top1": score} if task == "classification" else {"mAP": score, "mAP50": score + 0.1, "mAP75": score}
+    if metrics is None:
+        metrics = {"top1": score} if task == "classification" else {"mAP": score, "mAP50": score + 0.1, "mAP75": score}
     model = {"name": "student", "format": "onnx", "precision": "fp32", "path": "export/model.onnx", "size_bytes": 9000,
              "params": 1, "macs": 1, "task": task, "score": score, "metrics": metrics, "eval_samples": 100,
              "latency_ms": {"p50": 1.0, "p90": 1.1}, "e2e_latency_ms": {"p50": 1.5}, "peak_memory_mb": 50.0,

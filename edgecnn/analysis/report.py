@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn.analysis.sensitivity import sensitivity_lines
@@ -103,11 +104,45 @@ def fmt_cell(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+@dataclass(frozen=True)
+class ScoreView:
+    """How a task's score reads in report.md: its column (score and one metric beside it), axis and legend."""
+
+    column: str
+    beside: str | None
+    axis: str
+    legend: str
+
+
+SCORE_VIEWS = {
+    "classification": ScoreView("accuracy [95% CI]", None, "top-1 accuracy (%)",
+                                "Accuracy: top-1 on the test split with its 95% Wilson interval."),
+    "detection": ScoreView("mAP (mAP50)", "mAP50", "COCO mAP@[.5:.95] (%)",
+                           "mAP: COCO mAP@[.5:.95] (mAP@.5 in brackets) on the test split by pycocotools, from the "
+                           "detections the agent decoded (numpy decode + NMS); e2e: one image to detections, decoding "
+                           "and NMS included."),
+    "keypoints": ScoreView("OKS AP (PCK@0.2)", "pck20", "OKS AP@[.5:.95] (%)",
+                           "OKS AP: COCO keypoint AP@[.5:.95] on the test split by pycocotools (per-keypoint sigmas "
+                           "of the data or recipe), PCK@0.2 of the box's longer side in brackets, from the keypoints "
+                           "the agent decoded (numpy heatmap decoding); e2e: one image to keypoints, decoding "
+                           "included."),
+}
+"""A task's score in report.md (a task not listed here shows its score and the metrics table alone)."""
+
+
+def score_view(task: str) -> ScoreView:
+    return SCORE_VIEWS.get(task) or ScoreView("score", None, "score (%)", f"Score: the {task} task's primary metric "
+                                              "on the test split.")
+
+
 def accuracy_cell(m: dict) -> str:
-    """`0.9712 [0.961, 0.980]`: the test top-1 and its 95% Wilson interval; a detector's `mAP (mAP50)`."""
-    if m.get("task", "classification") != "classification":
-        metrics = m.get("metrics") or {}
-        return fmt_cell(m.get("score"), ".4f") + (f" ({metrics['mAP50']:.4f})" if "mAP50" in metrics else "")
+    """`0.9712 [0.961, 0.980]`: the test top-1 and its 95% Wilson interval; another task's score with the metric
+    its ScoreView puts beside it (a detector's `mAP (mAP50)`)."""
+    task = m.get("task", "classification")
+    if task != "classification":
+        metrics, beside = m.get("metrics") or {}, score_view(task).beside
+        return fmt_cell(m.get("score"), ".4f") + (f" ({metrics[beside]:.4f})" if metrics.get(beside) is not None
+                                                  else "")
     ci = ci_text(entry_interval(m))
     return fmt_cell(m.get("accuracy"), ".4f") + (f" {ci}" if ci else "")
 
@@ -119,9 +154,9 @@ def report_task(models: list[dict]) -> str:
 
 def model_rows(models: list[dict]) -> list[list[str]]:
     """Table rows: name, format, precision, device, size, params, MACs, share of MACs in integer kernels,
-    score, p50, p90, memory, runtime (a detector's end-to-end p50, decoding and NMS included, after its p90)."""
+    score, p50, p90, memory, runtime (a decoding task's end-to-end p50, decoding included, after its p90)."""
     rows = []
-    detection = report_task(models) == "detection"
+    e2e = has_e2e(models)
     for m in models:
         lat = m.get("latency_ms") or {}
         dev = m.get("device", "") + (" (emulated)" if m.get("emulated") else "")
@@ -138,7 +173,7 @@ def model_rows(models: list[dict]) -> list[list[str]]:
                 accuracy_cell(m),
                 fmt_cell(lat.get("p50"), ".3f"),
                 fmt_cell(lat.get("p90"), ".3f"),
-                *([fmt_cell((m.get("e2e_latency_ms") or {}).get("p50"), ".3f")] if detection else []),
+                *([fmt_cell((m.get("e2e_latency_ms") or {}).get("p50"), ".3f")] if e2e else []),
                 fmt_cell(m.get("peak_memory_mb"), ".0f"),
                 m.get("runtime", ""),
             ]
@@ -146,12 +181,28 @@ def model_rows(models: list[dict]) -> list[list[str]]:
     return rows
 
 
+def has_e2e(models: list[dict]) -> bool:
+    """Whether the models are of a task the agent decodes (then timed end to end, decoding included)."""
+    return report_task(models) != "classification"
+
+
 def header(task: str) -> list[str]:
-    """The model table's header for a task (a detector's score is mAP@[.5:.95], with mAP@.5 beside it)."""
-    if task != "detection":
-        return HEADER
-    cols = [("mAP (mAP50)" if c.startswith("accuracy") else c) for c in HEADER]
+    """The model table's header for a task: its score column (ScoreView) and, for a decoding task, e2e p50."""
+    cols = [(score_view(task).column if c.startswith("accuracy") else c) for c in HEADER]
+    if task == "classification":
+        return cols
     return cols[: cols.index("p90 ms") + 1] + ["e2e p50 ms"] + cols[cols.index("p90 ms") + 1 :]
+
+
+def metrics_table(models: list[dict]) -> str:
+    """Every metric of every model (a task's `metrics`: mAP50, PCK@0.2, ...), one row per model; '' if none."""
+    names = list(dict.fromkeys(k for m in models for k, v in (m.get("metrics") or {}).items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    if report_task(models) == "classification" or not names:
+        return ""
+    rows = [[m["name"], m["format"], m["precision"], m.get("device", ""),
+             *(fmt_cell((m.get("metrics") or {}).get(k), ".4f") for k in names)] for m in models]
+    return markdown_table(["model", "format", "precision", "device", *names], rows)
 
 
 HEADER = [
@@ -209,7 +260,7 @@ def write_plot(models: list[dict], path: Path, title: str) -> None:
             f"{m['name']} {m['format']} {m['precision']}", (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points"
         )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
-    ax.set_ylabel("top-1 accuracy (%)" if task == "classification" else "COCO mAP@[.5:.95] (%)")
+    ax.set_ylabel(score_view(task).axis)
     ax.set_title(title + " (circles fp32, squares int8/bf16/fp16; area ~ size; bars: 95% interval)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -235,15 +286,14 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"Data: `{report['data'].get('spec')}`, evaluated on {models[0]['eval_samples'] if models else 0} test images. "
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
         f"Latency: batch 1, {models[0]['threads'] if models else 1} thread(s), p50/p90 over repeated runs. "
-        + ("Accuracy: top-1 on the test split with its 95% Wilson interval." if report_task(models) == "classification"
-           else "mAP: COCO mAP@[.5:.95] (mAP@.5 in brackets) on the test split by pycocotools, from the detections "
-           "the agent decoded (numpy decode + NMS); e2e: one image to detections, decoding and NMS included.")
+        + score_view(report_task(models)).legend
         + (f" Choices (int8 config, gates, QAT, deployed file) were made on the {report['decision_split']} split"
            f"{split_size(report['data'], report['decision_split'])}, never on the test split."
            if isinstance(report.get("decision_split"), str) else ""),
         "",
         markdown_table(header(report_task(models)), model_rows(models)),
         "",
+        *([f"Metrics ({report_task(models)}, test split):", "", table, ""] if (table := metrics_table(models)) else []),
         pruning_line(report.get("pruning")),
         "",
         deployment_line(report),

@@ -46,6 +46,9 @@ class DataConfig(Section):
         None, description="image folders: resize each image to cover [height, width] (or N x N), crop the centre; "
         "detection: letterbox every image to N x N"
     )
+    sigmas: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(
+        None, min_length=1, description="keypoints: the OKS sigma of each keypoint (None: the data's, else 0.05 each)"
+    )
 
     @field_validator("std")
     @classmethod
@@ -215,7 +218,7 @@ class SweepConfig(Section):
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    task: Literal["classification", "detection"] = "classification"
+    task: Literal["classification", "detection", "keypoints"] = "classification"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     train: TrainConfig = TrainConfig()
@@ -231,6 +234,13 @@ class Recipe(Section):
     @classmethod
     def _data_shorthand(cls, v: Any) -> Any:
         return {"spec": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _sigmas_need_keypoints(self) -> Recipe:
+        if self.data.sigmas is not None and self.task != "keypoints":
+            raise ValueError(f"data.sigmas: only the keypoints task has OKS sigmas (task is {self.task}); remove it "
+                             "or set task: keypoints")
+        return self
 
 
 STAGE_SECTIONS = ("teacher", "train", "student", "distill", "prune", "quantize", "export", "bench")
@@ -278,10 +288,10 @@ def set_dotted(raw: dict, key: str, value: Any, base: Path, where: str = "--set"
 
 def _absolutize(value: str, base: Path) -> str:
     """Resolve a relative path (or the PATH of a `kind:PATH` data spec / `file.py:Class`)."""
-    if value.startswith(("torchvision:", "zoo:")) or value in ("mnist5k", "mnist-detect"):
+    if value.startswith(("torchvision:", "zoo:")) or value in ("mnist5k", "mnist-detect", "mnist-keypoints"):
         return value
     prefix = ""
-    for kind in ("imagefolder:", "cifar10:", "coco:", "yolo:"):
+    for kind in ("imagefolder:", "cifar10:", "coco-keypoints:", "coco:", "yolo:"):
         if value.startswith(kind):
             prefix, value = kind, value[len(kind) :]
     suffix = ""

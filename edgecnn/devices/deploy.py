@@ -3,10 +3,11 @@
 The device gets a fresh work directory with the models it can run (by its profile's preferred
 runtimes; an OpenVINO .xml travels with its .bin), `edgecnn/runtime/agent.py` and the run's
 evaluation batch (`bench/eval.npz`); the agent runs there once per model and prints JSON, which
-comes back as report.json model entries with `device` set to the device's name. A detector's
-batch carries its head spec: the task's numpy decoder (decode.py) travels beside the agent, the
-device decodes and runs NMS, and its detections come back in the JSON to be scored here (COCO
-mAP by pycocotools), exactly as a local bench scores them. Of a run's files,
+comes back as report.json model entries with `device` set to the device's name. A decoding
+task's batch (a detector's, a keypoint model's) carries its task and head spec: the task's numpy
+decoder (decode.py) travels beside the agent, the device decodes (and runs NMS), and the
+predictions come back in the JSON to be scored here (COCO mAP, OKS AP by pycocotools), exactly
+as a local bench scores them. Of a run's files,
 the one marked `deploy` there is the fastest on that device within the run's accuracy budget
 (analysis/selection.py). The work directory is removed afterwards unless `keep`.
 """
@@ -162,7 +163,8 @@ def choose_runtime(profile: DeviceProfile, fmt: str, available: dict) -> str | N
 
 @dataclass
 class Batch:
-    """The evaluation batch shipped to a device: its file and, for a detector, its task, head spec and targets."""
+    """The evaluation batch shipped to a device: its file, its task and, for a task that decodes, its head spec and
+    targets."""
 
     npz: Path
     task: Task
@@ -178,18 +180,18 @@ class Batch:
                 if "head" not in z.files:
                     return cls(npz, get_task("classification"), None)
                 head = json.loads(str(z["head"]))
-                return cls(npz, get_task("detection"), head, z["y"])
+                task = str(z["task"]) if "task" in z.files else "detection"  # batches before keypoints named none
+                return cls(npz, get_task(task), head, z["y"])
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{npz}: not an evaluation batch ({e.__class__.__name__}); rerun the bench stage") from None
 
     def scores(self, m: dict) -> dict | None:
-        """A detector's task, score and metrics from the detections the device returned (None: classification)."""
+        """A decoding task's task, score and metrics from the predictions the device returned (None: classification)."""
         if self.head is None:
             return None
         import numpy as np
 
-        arrays = {k: np.asarray(v) for k, v in m.pop("detections").items()}
-        arrays["boxes"] = arrays["boxes"].reshape(-1, 4).astype(np.float32)
+        arrays = {k: np.asarray(v) for k, v in m.pop("predictions").items()}
         metrics = self.task.metrics(self.task.agent_predictions(arrays), self.targets, self.head)
         return {"task": self.task.name, "score": self.task.score(metrics), "metrics": metrics}
 
@@ -300,7 +302,7 @@ def benchmark_on_device(
                 str(warmup),
                 "--min-iters",
                 str(min_iters),
-                *(["--decoder", "decode.py", "--detections-inline"] if decoder is not None else []),
+                *(["--decoder", "decode.py", "--predictions-inline"] if decoder is not None else []),
             ]
             try:
                 check_model_file(j.file)  # a damaged file never reaches the runtime's parser

@@ -40,8 +40,9 @@ class Context:
                     raise UserError(f"data.image_size {list(size)}: {self.recipe.task} letterboxes to a square; "
                                     f"give one number, e.g. image_size: {max(size)}")
                 size = size[0]
+            extra = {"sigmas": d.sigmas} if d.sigmas is not None else {}  # keypoints only (the recipe checks)
             self._data = self.task.load_data(d.spec, image_size=size, val_fraction=d.val_fraction, mean=d.mean,
-                                             std=d.std)
+                                             std=d.std, **extra)
         return self._data
 
     @property
@@ -99,6 +100,8 @@ class Stage:
         """The part of the `data` section this stage's output depends on (hashed into its key), with the task."""
         data = recipe_dict(recipe)["data"]
         out = {k: data[k] for k in (*DATA_IDENTITY, *self.data_reads)}
+        if data.get("sigmas") is not None:  # keypoints' OKS sigmas: every score depends on them
+            out["sigmas"] = data["sigmas"]
         return out if recipe.task == "classification" else {**out, "task": recipe.task}
 
     def run(self, ctx: Context, out: Path) -> dict:

@@ -4,17 +4,18 @@
 It loads a model (.onnx with ONNX Runtime, .tflite with LiteRT or tflite-runtime, an OpenVINO IR
 .xml with its .bin beside it, TorchScript with torch when present), runs it on the evaluation batch
 shipped with it (an .npz with uint8 images `x`, targets `y`, the normalisation `mean`/`std` and,
-for a detector, its head spec `head` as JSON), measures batch-1 latency (warm-up, then at least
---min-iters iterations and --min-seconds), and prints one JSON object. edgecnn runs this same
-file locally in a subprocess and copies it to remote devices, so every score and latency in a
-report is measured one way.
+for a task that decodes, its name `task` and its head spec `head` as JSON), measures batch-1
+latency (warm-up, then at least --min-iters iterations and --min-seconds), and prints one JSON
+object. edgecnn runs this same file locally in a subprocess and copies it to remote devices, so
+every score and latency in a report is measured one way.
 
 Classification (no `head`, or a `logits` head): top-1 accuracy against the labels `y`.
-Detection: the raw head outputs become detections here, on the device, with edgecnn's numpy
-decoder (`--decoder`: edgecnn/tasks/detection/decode.py, copied beside this file by deploy);
-they are written to --detections-out for the host to score (COCO mAP by pycocotools), and the
-end-to-end latency (normalisation, model, decoding and NMS of one image) is timed beside the
-model's own.
+Detection, keypoints (any task whose batch has a `head`): the raw head outputs become the task's
+predictions here, on the device, with the task's numpy decoder (`--decoder`: its decode.py,
+edgecnn/tasks/<task>/decode.py, copied beside this file by deploy, with `decode(raw, head)` and
+`to_arrays(predictions)`); they are written to --predictions-out (or returned in the JSON with
+--predictions-inline) for the host to score (COCO mAP, OKS AP by pycocotools), and the end-to-end
+latency (normalisation, model and decoding of one image) is timed beside the model's own.
 
     python3 agent.py --model model.tflite --data eval.npz --threads 1
 """
@@ -32,9 +33,9 @@ import time
 
 import numpy as np
 
-AGENT_VERSION = 4
+AGENT_VERSION = 5
 WARMUP_SECONDS = 0.2
-E2E_ITERS = 200  # end-to-end timings of a detector (decoding and NMS included): at most this many, or --min-iters
+E2E_ITERS = 200  # end-to-end timings of a decoding task (decoding, NMS included): at most this many, or --min-iters
 
 # The one table of model formats and runtimes. The agent is copied alone to devices, so the table
 # lives here and the rest of edgecnn imports it from this file.
@@ -275,12 +276,12 @@ def evaluate(
 
 
 def load_decoder(path: str):
-    """edgecnn's numpy detection decoder (decode.py, numpy only) loaded from its file."""
+    """A task's numpy decoder (its decode.py, numpy only) loaded from its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("edgecnn_agent_decode", path)
     if spec is None or spec.loader is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: the detection decoder is missing; copy decode.py beside the agent")
+        raise FileNotFoundError(f"{path}: the task's decoder is missing; copy its decode.py beside the agent")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
@@ -288,7 +289,7 @@ def load_decoder(path: str):
 
 
 def measure_end_to_end(rt, image: np.ndarray, mean: np.ndarray, std: np.ndarray, decode, iters: int) -> dict:
-    """Batch-1 latency of one uint8 image to detections: normalisation, the model, decoding and NMS."""
+    """Batch-1 latency of one uint8 image to the task's predictions: normalisation, the model, decoding (NMS)."""
     times = []
     for _ in range(max(1, iters)):
         t0 = time.perf_counter_ns()
@@ -376,14 +377,15 @@ def run(
     pin: bool = True,
     cpus: list[int] | None = None,
     decoder: str | None = None,
-    detections_out: str | None = None,
-    detections_inline: bool = False,
+    predictions_out: str | None = None,
+    predictions_inline: bool = False,
 ) -> dict:
     """Benchmark one model file on one evaluation batch; returns the JSON-able result.
 
-    With a detection head in the batch, `decoder` (decode.py; default: beside this file) turns the
-    raw outputs into detections, saved to `detections_out` (and, with `detections_inline`, returned
-    in the result as lists, for a device the host cannot copy files from); `accuracy` is then None.
+    With a head in the batch (a detector's, a keypoint model's), `decoder` (the task's decode.py; default:
+    beside this file) turns the raw outputs into the task's predictions, saved to `predictions_out` (and,
+    with `predictions_inline`, returned in the result as lists, for a device the host cannot copy files
+    from); `accuracy` is then None.
 
     With `cpus` (leased by the host) the process runs on those CPUs only; without, a one-thread run
     (with `pin`) is pinned to the last CPU it may use. Pinning steadies latency.
@@ -393,6 +395,8 @@ def run(
     with np.load(data) as z:
         x, y, mean, std = z["x"], z["y"], z["mean"].astype(np.float32), z["std"].astype(np.float32)
         head = json.loads(str(z["head"])) if "head" in z.files else {"kind": "logits"}
+        task = str(z["task"]) if "task" in z.files else "classification" if head.get("kind") == "logits" \
+            else "detection"  # batches of agent version 4 named no task: only detectors had heads
     dec = None
     if head.get("kind") != "logits":
         dec = load_decoder(decoder or os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py"))
@@ -405,12 +409,11 @@ def run(
         acc, logits = evaluate(rt, x, y, mean, std)
     else:
         acc, logits = None, raw_outputs(rt, x, mean, std)
-        detections = dec.decode(logits, head)
-        arrays = dec.to_arrays(detections)
-        if detections_out:
-            with open(detections_out, "wb") as f:
+        arrays = dec.to_arrays(dec.decode(logits, head))
+        if predictions_out:
+            with open(predictions_out, "wb") as f:
                 np.savez(f, **arrays)
-        if detections_inline:
+        if predictions_inline:
             inline = {k: np.round(v, 3).tolist() if v.dtype.kind == "f" else v.tolist() for k, v in arrays.items()}
     if logits_out:
         np.save(logits_out, logits)
@@ -437,8 +440,8 @@ def run(
         "load_ms": load_ms,
         "latency_ms": latency,
         "e2e_latency_ms": e2e,
-        "task": "classification" if dec is None else "detection",
-        **({"detections": inline} if inline is not None else {}),
+        "task": task,
+        **({"predictions": inline} if inline is not None else {}),
         "peak_memory_mb": _peak_mb(),
         "baseline_memory_mb": base,
         "machine": platform.machine(),
@@ -504,9 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-iters", type=int, default=50)
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--logits-out", help="Save the raw outputs (.npy).")
-    ap.add_argument("--decoder", help="edgecnn's detection decoder, decode.py (default: beside this file).")
-    ap.add_argument("--detections-out", help="Save a detector's detections (.npz).")
-    ap.add_argument("--detections-inline", action="store_true", help="Return a detector's detections in the JSON.")
+    ap.add_argument("--decoder", help="The task's numpy decoder, decode.py (default: beside this file).")
+    ap.add_argument("--predictions-out", "--detections-out", dest="predictions_out",
+                    help="Save the task's decoded predictions (.npz).")
+    ap.add_argument("--predictions-inline", "--detections-inline", dest="predictions_inline", action="store_true",
+                    help="Return the task's decoded predictions in the JSON.")
     ap.add_argument("--no-pin", action="store_true", help="Do not pin a one-thread run to one CPU.")
     ap.add_argument("--cpu", help="Run on these CPUs only (e.g. 3 or 2,3): the host's lease, so timings never share "
                     "a core.")
@@ -515,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus = [int(c) for c in a.cpu.split(",")] if a.cpu else None
         result = run(
             a.model, a.data, a.threads, a.runtime, a.warmup, a.min_iters, a.min_seconds, a.logits_out, not a.no_pin,
-            cpus, a.decoder, a.detections_out, a.detections_inline,
+            cpus, a.decoder, a.predictions_out, a.predictions_inline,
         )
     except ImportError as e:
         print(json.dumps({"error": f"no runtime for {a.model}: {e}"}))

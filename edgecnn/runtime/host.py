@@ -2,8 +2,9 @@
 
 Scores and latency of every file are measured by `edgecnn/runtime/agent.py`, the same file that runs
 on remote devices; locally it runs in its own process so peak memory is the inference process's.
-A detector's batch carries its head spec, and the agent decodes its outputs with the task's numpy
-decoder (`Task.decoder_file`, passed as --decoder); the host scores the agent's detections.
+A decoding task's batch (a detector's, a keypoint model's) carries the task's name and head spec,
+and the agent decodes the outputs with the task's numpy decoder (`Task.decoder_file`, passed as
+--decoder); the host scores the agent's predictions (`agent_scores`).
 Every local timing first leases its CPUs (`cpu_lease`: one lock file per CPU, held with flock, so
 concurrent edgecnn processes of this user respect it) and pins the agent to them, so no two
 concurrent timings share a core.
@@ -44,15 +45,18 @@ MEASURED = ("eval_samples", "latency_ms", "e2e_latency_ms", "peak_memory_mb", "l
 
 def measured(m: dict, scores: dict | None = None) -> dict:
     """The report fields of one agent result (see MEASURED) with its task, score and metrics: `scores` (a
-    detector's, from its detections), else classification's top-1 (`accuracy`, with its 95% interval)."""
+    decoding task's, from the agent's predictions), else classification's top-1 (`accuracy`, with its 95% interval)."""
     if scores is None:
         scores = {"accuracy": m["accuracy"], **classification_fields(m["accuracy"], m["eval_samples"])}
     return {**{k: m.get(k) for k in MEASURED}, **scores}
 
 
-def write_eval_npz(data: Dataset, split: Split, path: Path, head: dict | None = None) -> None:
-    """The evaluation batch shipped to the agent: uint8 images, targets, normalisation, a detector's head spec."""
+def write_eval_npz(data: Dataset, split: Split, path: Path, head: dict | None = None, task: str | None = None) -> None:
+    """The evaluation batch shipped to the agent: uint8 images, targets, normalisation and, for a task that decodes
+    (a head other than logits), the task's name (None: detection, as batches before keypoints) and head spec."""
     extra = {} if head is None or head.get("kind") == "logits" else {"head": np.array(json.dumps(head))}
+    if extra:
+        extra["task"] = np.array(task or "detection")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
@@ -167,12 +171,12 @@ def run_agent_local(
     logits_out: Path | None = None,
     timeout: float = 1800,
     decoder: Path | None = None,
-    detections_out: Path | None = None,
+    predictions_out: Path | None = None,
 ) -> dict:
     """Run the agent on this machine in a fresh process, on CPUs leased for it (`cpu_lease`), and return its JSON.
 
-    `decoder` and `detections_out`: a detector's batch (write_eval_npz with its head) is decoded by
-    that file and its detections saved there."""
+    `decoder` and `predictions_out`: a decoding task's batch (write_eval_npz with its head) is decoded by
+    that file (the task's decode.py) and its predictions saved there."""
     cmd = [
         sys.executable,
         str(AGENT_PATH),
@@ -195,8 +199,8 @@ def run_agent_local(
         cmd += ["--logits-out", str(logits_out)]
     if decoder is not None:
         cmd += ["--decoder", str(decoder)]
-    if detections_out is not None:
-        cmd += ["--detections-out", str(detections_out)]
+    if predictions_out is not None:
+        cmd += ["--predictions-out", str(predictions_out)]
     with cpu_lease(threads if threads > 0 else len(allowed_cpus()) or 1) as cpus:
         if cpus:
             cmd += ["--cpu", ",".join(map(str, cpus))]
@@ -225,14 +229,15 @@ def runtime_logits(path: Path, data: Dataset, split: Split, threads: int = 1) ->
 
 
 def parity(task: Task, raw: np.ndarray, reference: np.ndarray, split: Split, head: dict, reference_name: str) -> dict:
-    """How raw outputs agree with a reference's on a split (Task.parity: top-1 agreement, matched detections),
+    """How raw outputs agree with a reference's on a split (Task.parity: top-1 agreement, matched detections,
+    keypoints within half a heatmap cell),
     named after the reference."""
     return {"reference": reference_name, **task.parity(raw, reference, split.y, head)}
 
 
-def agent_scores(task: Task, detections: Path, split: Split, head: dict) -> dict:
-    """A report entry's task, score and metrics from the predictions the agent decoded and saved (a detector's)."""
-    with np.load(detections) as z:
-        dets = task.agent_predictions(dict(z))
-    metrics = task.metrics(dets, split.y, head)
+def agent_scores(task: Task, predictions: Path, split: Split, head: dict) -> dict:
+    """A report entry's task, score and metrics from the predictions the agent decoded and saved."""
+    with np.load(predictions) as z:
+        preds = task.agent_predictions(dict(z))
+    metrics = task.metrics(preds, split.y, head)
     return {"task": task.name, "score": task.score(metrics), "metrics": metrics}

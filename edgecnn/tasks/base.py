@@ -113,7 +113,8 @@ class Task(ABC):
         return None
 
     def agent_predictions(self, arrays: dict[str, np.ndarray]) -> Any:
-        """The predictions the agent decoded and saved (its --detections-out arrays), as `decode` returns them."""
+        """The predictions the agent decoded and saved (its --predictions-out arrays, the decoder file's
+        `to_arrays`), as `decode` returns them."""
         raise NotImplementedError(f"the {self.name} task's agent saves no predictions")
 
     def evaluate(self, raw: np.ndarray, targets: torch.Tensor, head: dict) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """Bench: the task's score, latency and memory of every model of the run, measured by the agent; the deployed file.
 
 PyTorch models are traced to TorchScript for the agent; ONNX, TFLite and OpenVINO files run in their
-own runtimes. Each model runs in its own process, so its peak memory is its own. A detector's
-outputs are decoded by the agent (numpy decode + NMS, timed end to end beside the model) and its
-detections scored here (COCO mAP by pycocotools). Of the exported
+own runtimes. Each model runs in its own process, so its peak memory is its own. A decoding
+task's outputs (a detector's, a keypoint model's) are decoded by the agent with the task's numpy
+decoder (timed end to end beside the model) and its predictions scored here (COCO mAP, OKS AP by
+pycocotools). Of the exported
 files (every runtime and precision), the one marked `deploy` is the fastest here whose decision
 score (validation accuracy, export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch's
 (analysis/selection.py); the stage's `deployment` lists every candidate and says why it won.
@@ -130,7 +131,7 @@ class BenchStage(Stage):
             key = repr(heads[stage])
             if key not in written:
                 written[key] = out / ("eval.npz" if not written else f"eval.{stage}.npz")
-                write_eval_npz(ctx.data, split, written[key], heads[stage])
+                write_eval_npz(ctx.data, split, written[key], heads[stage], ctx.task.name)
             out_map[stage] = (written[key], heads[stage])
         return out_map
 
@@ -139,7 +140,7 @@ class BenchStage(Stage):
         cfg = ctx.recipe.bench
         npz, head = batch
         decoder = ctx.task.decoder_file()
-        dets = out / "detections.npz" if decoder else None
+        preds = out / "predictions.npz" if decoder else None
         target = c["file"]
         if c["format"] == "pytorch":
             model, _ = load_stage_model(ctx, c["stage"])
@@ -154,11 +155,11 @@ class BenchStage(Stage):
             min_iters=cfg.min_iters,
             min_seconds=cfg.min_seconds,
             decoder=decoder,
-            detections_out=dets,
+            predictions_out=preds,
         )
-        scores = agent_scores(ctx.task, dets, eval_split(ctx), head) if dets else None
-        if dets:
-            dets.unlink()
+        scores = agent_scores(ctx.task, preds, eval_split(ctx), head) if preds else None
+        if preds:
+            preds.unlink()
         if cfg.device == "local-gpu" and not any(p in GPU_PROVIDERS for p in (m.get("providers") or [])[:1]):
             raise StageFailed(
                 f"{target.name}: the agent ran on {(m.get('providers') or ['an unknown provider'])[0]}, not a GPU; "

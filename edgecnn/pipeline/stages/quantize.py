@@ -103,7 +103,7 @@ class QuantizeRun:
             self.work = Path(work)
             self.npz = self.work / "eval.npz"  # the validation images, then the test images
             write_eval_npz(ctx.data, Split(torch.cat([val.x, test.x]), _cat_targets(val.y, test.y)), self.npz,
-                           self.head)
+                           self.head, ctx.task.name)
             for fmt in ctx.recipe.export.formats:
                 fp32 = self._scored(measure(ctx.stage_dir("export") / f"model.{SUFFIX[fmt]}", self.npz,
                                             ctx.recipe.bench, self.work / "logits.npy", ctx.task.decoder_file()))

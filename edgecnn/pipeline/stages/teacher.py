@@ -11,7 +11,7 @@ from edgecnn.models.user import data_model_info, is_model_file, load_user_model
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import file_fingerprint, measure_torch
 
-DEFAULT_TEACHERS = {"classification": "lenet", "detection": "det_small"}
+DEFAULT_TEACHERS = {"classification": "lenet", "detection": "det_small", "keypoints": "pose_small"}
 
 
 def model_info(ctx: Context, spec: str, kwargs: dict) -> ModelInfo:

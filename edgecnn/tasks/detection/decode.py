@@ -236,8 +236,9 @@ def to_arrays(dets: list[Detections]) -> dict[str, np.ndarray]:
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> list[Detections]:
-    """The inverse of `to_arrays`."""
+    """The inverse of `to_arrays` (also of its JSON lists, where an empty `boxes` loses its shape)."""
     n, image = int(arrays["images"]), np.asarray(arrays["image"])
+    arrays = {**arrays, "boxes": np.asarray(arrays["boxes"], np.float32).reshape(-1, 4)}
     return [
         Detections(arrays["boxes"][image == i], arrays["scores"][image == i], arrays["classes"][image == i])
         for i in range(n)

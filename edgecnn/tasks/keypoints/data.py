@@ -445,12 +445,14 @@ def load_keypoints_data(
     mnist_counts: dict[str, int] | None = None,
 ) -> KeypointsDataset:
     """Load a keypoint data spec; malformed data raises UserError naming the file and entry."""
-    pad, file_sigmas = PAD_VALUE, None
+    pad = PAD_VALUE
     if spec == "mnist-keypoints":
+        sig = _sigmas(sigmas, None, list(MNIST_KEYPOINTS))  # a wrong count fails before the canvases are composed
         splits, names, pad = mnist_keypoints(image_size or MNIST_KEYPOINTS_SIZE, mnist_counts), MNIST_KEYPOINTS, 0
     elif spec.startswith("coco-keypoints:"):
         root = Path(spec.split(":", 1)[1]).expanduser()
         instances, names, file_sigmas = read_coco_keypoints(root)
+        sig = _sigmas(sigmas, file_sigmas, list(names))
         size = image_size or DEFAULT_IMAGE_SIZE
         if size < 16:
             raise UserError(f"data.image_size {size}: keypoint crops need at least 16 pixels")
@@ -458,7 +460,6 @@ def load_keypoints_data(
         splits = {s: _decode_instances(v, len(names), size, pad, gray) for s, v in instances.items()}
     else:
         raise UserError(f"data spec {spec!r} is unknown for keypoints; use mnist-keypoints or coco-keypoints:PATH")
-    sig = _sigmas(sigmas, file_sigmas, list(names))
     train, val, test = _complete(splits, val_fraction, spec)
     if mean is None or std is None:
         pix = train.x[:2000].float() / 255.0

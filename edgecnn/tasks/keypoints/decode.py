@@ -79,6 +79,17 @@ def decode(raw: np.ndarray, head: dict) -> np.ndarray:
     return DECODERS[kind](raw, head)
 
 
+def to_arrays(keypoints: np.ndarray) -> dict[str, np.ndarray]:
+    """Decoded keypoints as arrays for an .npz (or the agent's JSON): `keypoints` (N, K, 3)."""
+    return {"keypoints": np.asarray(keypoints, np.float32)}
+
+
+def from_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The inverse of `to_arrays` (also of its JSON lists): keypoints (N, K, 3)."""
+    kp = np.asarray(arrays["keypoints"], np.float32)
+    return kp.reshape(len(kp), -1, 3) if kp.size else kp.reshape(len(kp), 0, 3)
+
+
 def instance_scores(keypoints: np.ndarray) -> np.ndarray:
     """Each image's confidence (N,): the mean of its keypoints' scores, floored at 0 (ranks images for OKS-AP)."""
     return np.clip(np.asarray(keypoints, np.float32)[..., 2], 0, None).mean(-1)

@@ -6,8 +6,8 @@ keypoints trade names) and scale/translate jitter that moves keypoints with the 
 `heatmap`, one map per keypoint at a stride (edgecnn's zoo `pose_small` / `pose_mobile` report it
 with `head_spec()`; any other model whose output is (N, K, H/s, W/s) has it inferred from one
 forward pass); the data's keypoint names and OKS sigmas are added to it. Losses:
-tasks/keypoints/losses.py. Decoding: tasks/keypoints/decode.py (numpy only, shared with the
-device agent). Metrics: tasks/keypoints/metrics.py (pycocotools OKS AP, PCK@0.1/0.2). Parity: the
+tasks/keypoints/losses.py. Decoding: tasks/keypoints/decode.py (numpy only, copied beside the
+device agent, which decodes there). Metrics: tasks/keypoints/metrics.py (pycocotools OKS AP, PCK@0.1/0.2). Parity: the
 export's and PyTorch's decoded keypoints, their mean distance in input pixels and `agreement`,
 the share of keypoints within half a heatmap cell of each other, and the OKS-AP of each on the
 split's targets. Kept whole by default: the heatmap prediction conv (K output channels).
@@ -16,6 +16,7 @@ split's targets. Kept whole by default: the heatmap prediction conv (K output ch
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ class KeypointsTask(Task):
     name = "keypoints"
     score_metric = "oks_ap"
     data_specs = "mnist-keypoints or coco-keypoints:PATH"
+    agreement_of = "keypoints (within half a heatmap cell)"
 
     def load_data(
         self,
@@ -110,6 +112,12 @@ class KeypointsTask(Task):
     def decode(self, raw: np.ndarray, head: dict) -> np.ndarray:
         """Keypoints (N, K, 3): x, y in input pixels and the peak score."""
         return kpd.decode(raw, head)
+
+    def decoder_file(self) -> Path:
+        return Path(kpd.__file__)
+
+    def agent_predictions(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return kpd.from_arrays(arrays)
 
     def metrics(self, predictions: np.ndarray, targets: torch.Tensor, head: dict) -> dict[str, float]:
         return keypoint_metrics(predictions, targets, head["sigmas"])
