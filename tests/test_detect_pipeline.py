@@ -83,7 +83,7 @@ def test_agent_decodes_on_its_own_with_the_shared_decoder(data, detector, tmp_pa
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["task"] == "detection" and result["accuracy"] is None and result["eval_samples"] == len(data.test)
     assert result["e2e_latency_ms"]["p50"] >= result["latency_ms"]["min"] > 0  # decode + NMS come on top
-    host = task.decode(raw_outputs(model, data, data.test), head)
+    host = task.decode(runtime_outputs(path, data, data.test), head)  # the same file's outputs, decoded here
     with np.load(device / "dets.npz") as z:
         agent = task.agent_predictions(dict(z))
     assert len(agent) == len(host) and sum(len(d) for d in host) > 0

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgecnn.config.recipe import DistillConfig
+from edgecnn.compression.train import fit
+from edgecnn.config.recipe import DistillConfig, TrainConfig
 from edgecnn.models.files import ModelInfo, build_model
 from edgecnn.tasks.base import raw_outputs
 from edgecnn.tasks.detection.data import load_detection_data
 from edgecnn.tasks.registry import get_task
+
+BATCH = 16
 
 SIZE = 64
 
@@ -23,30 +26,13 @@ def data():
     return load_detection_data("mnist-detect", SIZE, mnist_counts={"train": 400, "val": 50, "test": 150})
 
 
-def _train(model, data, task, epochs, lr=0.01, teacher=None, kd=None, seed=0):
-    head = task.head_spec(model, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(data.train) // 16)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        for x, y in task.batches(data, data.train, 16, shuffle=True, augment=True, generator=g, drop_last=True):
-            xn = data.normalize(x)
-            out = model(xn)
-            if teacher is None:
-                loss = task.loss(out, y, head)
-            else:
-                with torch.no_grad():
-                    t_out = teacher(xn)
-                loss = task.distill_loss(out, t_out, y, head, kd)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-    return model.eval(), losses
+def _train(model, data, task, epochs, teacher=None, kd=None, seed=0):
+    """edgecnn's training loop (compression.train.fit) on the task's batches and losses, in fp32 on any CPU."""
+    cfg = (kd or TrainConfig()).model_copy(update={"epochs": epochs, "lr": 0.01, "batch_size": BATCH,
+                                                   "optimizer": "adamw", "weight_decay": 1e-4, "precision": "fp32"})
+    fit(model, data, cfg, seed=seed, augment=True, teacher=teacher, kd=kd, task=task)
+    return model.eval()
+
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +42,7 @@ def trained(data, one_thread):
     model = build_model(ModelInfo("det_small", {}, 10, data.input_shape))
     head = task.head_spec(model, data)
     untrained = task.evaluate(raw_outputs(model, data, data.test), data.test.y, head)
-    model, _ = _train(model, data, task, epochs=8)
+    model = _train(model, data, task, epochs=8)
     return task, model, head, untrained
 
 
@@ -118,7 +104,7 @@ def test_distillation_pulls_det_tiny_toward_the_teacher(trained, data):
         start = float(task.distill_loss(student.eval()(x), t_out, data.val.y[:32], head, kd))
         itself = float(task.distill_loss(t_out, t_out, data.val.y[:32], head, kd))
     assert itself < start
-    student, losses = _train(student, data, task, epochs=2, teacher=teacher, kd=kd)
+    student = _train(student, data, task, epochs=2, teacher=teacher, kd=kd)
     with torch.no_grad():
         after = float(task.distill_loss(student(x), t_out, data.val.y[:32], head, kd))
     assert after < 0.8 * start, (start, after)

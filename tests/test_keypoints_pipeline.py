@@ -91,7 +91,7 @@ def test_agent_decodes_heatmaps_on_its_own_with_the_shared_decoder(data, pose, t
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["task"] == "keypoints" and result["accuracy"] is None and result["eval_samples"] == len(data.test)
     assert result["e2e_latency_ms"]["p50"] >= result["latency_ms"]["min"] > 0  # decoding comes on top
-    host = task.decode(raw_outputs(model, data, data.test), head)
+    host = task.decode(runtime_outputs(path, data, data.test), head)  # the same file's outputs, decoded here
     with np.load(device / "kp.npz") as z:
         agent = task.agent_predictions(dict(z))
     assert agent.shape == host.shape == (len(data.test), 4, 3)

@@ -11,12 +11,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecnn.config.recipe import DistillConfig
+from edgecnn.compression.train import fit
+from edgecnn.config.recipe import DistillConfig, TrainConfig
 from edgecnn.core.errors import UserError
 from edgecnn.models.files import ModelInfo, build_model
 from edgecnn.tasks.base import raw_outputs
 from edgecnn.tasks.keypoints.data import load_keypoints_data
 from edgecnn.tasks.registry import get_task
+
+BATCH = 32
 
 SIZE = 64
 
@@ -26,28 +29,13 @@ def data():
     return load_keypoints_data("mnist-keypoints", SIZE, mnist_counts={"train": 480, "val": 40, "test": 200})
 
 
-def _train(model, data, task, epochs, lr=0.01, teacher=None, kd=None, seed=0):
-    head = task.head_spec(model, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(data.train) // 32)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for x, y in task.batches(data, data.train, 32, shuffle=True, augment=True, generator=g, drop_last=True):
-            xn = data.normalize(x)
-            out = model(xn)
-            if teacher is None:
-                loss = task.loss(out, y, head)
-            else:
-                with torch.no_grad():
-                    t_out = teacher(xn)
-                loss = task.distill_loss(out, t_out, y, head, kd)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+def _train(model, data, task, epochs, teacher=None, kd=None, seed=0):
+    """edgecnn's training loop (compression.train.fit) on the task's batches and losses, in fp32 on any CPU."""
+    cfg = (kd or TrainConfig()).model_copy(update={"epochs": epochs, "lr": 0.01, "batch_size": BATCH,
+                                                   "optimizer": "adamw", "weight_decay": 1e-4, "precision": "fp32"})
+    fit(model, data, cfg, seed=seed, augment=True, teacher=teacher, kd=kd, task=task)
     return model.eval()
+
 
 
 def _build(spec, data, seed):

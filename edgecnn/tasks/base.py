@@ -6,8 +6,8 @@ owns six things:
 1. **Data**: `load_data(spec, ...)` returns an `edgecnn.data.datasets.Dataset` whose splits hold
    uint8 NCHW images in `x` and the task's *targets* in `y`, one row per image (labels (N,) for
    classification; padded boxes (N, M, 5) for detection), so `Split.head`, the train/val split
-   and `datasets.batches` serve every task. `batches(...)` adds the task's augmentation (one that
-   moves boxes or keypoints with the pixels).
+   and `datasets.batches` serve every task. `batches(...)` applies the task's `augment(data, x, y, generator)`
+   to training batches (detection and keypoints move boxes or keypoints with the pixels).
 2. **Losses**: `loss(outputs, targets, head)` for training on labels and
    `distill_loss(student, teacher, targets, head, kd)` toward a teacher's outputs.
 3. **The head**: `head_spec(model, data)` is a JSON-able dict describing what the model's raw
@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.config.recipe import DistillConfig
-from edgecnn.data.datasets import Dataset, Split, batches
+from edgecnn.data.datasets import Dataset, Split, augment_batch, batches
 
 
 class Task(ABC):
@@ -74,8 +74,15 @@ class Task(ABC):
         generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, targets) batches, shuffled and augmented as asked."""
-        return batches(split, batch_size, shuffle=shuffle, augment=augment, generator=generator, drop_last=drop_last)
+        """(uint8 images, targets) batches, shuffled as asked and, with `augment`, through `self.augment`."""
+        for x, y in batches(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last):
+            yield self.augment(data, x, y, generator) if augment else (x, y)
+
+    def augment(
+        self, data: Dataset, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch augmented (images: random crop and flip; labels unchanged)."""
+        return augment_batch(x, generator), y
 
     @abstractmethod
     def head_spec(self, model: nn.Module, data: Dataset) -> dict:

@@ -13,7 +13,6 @@ prediction convs (4 box + 1 quality + C class channels), or all of a torchvision
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch.nn as nn
 
 from edgecnn.config.recipe import DistillConfig
 from edgecnn.core.errors import UserError
-from edgecnn.data.datasets import Dataset, Split, batches
+from edgecnn.data.datasets import Dataset
 from edgecnn.tasks.base import Task
 from edgecnn.tasks.detection import decode as dd
 from edgecnn.tasks.detection.data import PAD_VALUE, augment_detection, load_detection_data
@@ -65,20 +64,10 @@ class DetectionTask(Task):
     ) -> Dataset:
         return load_detection_data(spec, image_size, val_fraction, mean, std)
 
-    def batches(
-        self,
-        data: Dataset,
-        split: Split,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        pad = getattr(data, "pad_value", PAD_VALUE)
-        for x, y in batches(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last):
-            yield augment_detection(x, y, generator, pad_value=pad) if augment else (x, y)
+    def augment(
+        self, data: Dataset, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return augment_detection(x, y, generator, pad_value=getattr(data, "pad_value", PAD_VALUE))
 
     def head_spec(self, model: nn.Module, data: Dataset) -> dict:
         spec = getattr(model, "head_spec", None)

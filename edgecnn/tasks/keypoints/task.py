@@ -15,7 +15,6 @@ split's targets. Kept whole by default: the heatmap prediction conv (K output ch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch.nn as nn
 
 from edgecnn.config.recipe import DistillConfig
 from edgecnn.core.errors import UserError
-from edgecnn.data.datasets import Dataset, Split, batches
+from edgecnn.data.datasets import Dataset
 from edgecnn.tasks.base import Task
 from edgecnn.tasks.keypoints import decode as kpd
 from edgecnn.tasks.keypoints.data import DEFAULT_SIGMA, PAD_VALUE, augment_keypoints, load_keypoints_data
@@ -70,21 +69,11 @@ class KeypointsTask(Task):
     ) -> Dataset:
         return load_keypoints_data(spec, image_size, val_fraction, mean, std, sigmas)
 
-    def batches(
-        self,
-        data: Dataset,
-        split: Split,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        pad = getattr(data, "pad_value", PAD_VALUE)
+    def augment(
+        self, data: Dataset, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         flips = getattr(data, "flip_index", None) or list(range(data.num_classes))
-        for x, y in batches(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last):
-            yield augment_keypoints(x, y, generator, flips, pad_value=pad) if augment else (x, y)
+        return augment_keypoints(x, y, generator, flips, pad_value=getattr(data, "pad_value", PAD_VALUE))
 
     def head_spec(self, model: nn.Module, data: Dataset) -> dict:
         spec = getattr(model, "head_spec", None)
