@@ -3,95 +3,13 @@
     python benchmarks/detect.py                 # the detect quickstart's settings; writes benchmarks/detect.json
     python benchmarks/detect.py --tiny          # a check that the script runs (1 epoch, few images): no JSON kept
 
-Two runs of `recipes/detect_quickstart.yaml` through `edgecnn.compress`, on the same data split:
-1. the full recipe: the det_small teacher trained on labels, det_tiny distilled from it, pruned
-   (30% of channels, head kept whole), exported to ONNX and TFLite and quantized to int8
-   (calibrated on training images);
-2. the same det_tiny, same seed and schedule, trained on labels alone for as many epochs as the
-   distillation ran (the teacher is run 1's, loaded from its file, not retrained).
-Every model is scored by COCO mAP@[.5:.95] / mAP@.5 (pycocotools, from the detections the
-benchmark agent decoded) on the test canvases, and timed at batch 1 on one thread: the model,
-and end to end (normalisation, model, numpy decoding and NMS).
+`recipes/detect_quickstart.yaml` (det_small teacher, det_tiny distilled from it, pruned 30% with the
+head kept whole, ONNX / TFLite fp32 and int8) against det_tiny trained on labels alone at equal
+epochs (benchmarks/task_quickstart.py). Scores: COCO mAP@[.5:.95], mAP@.5, mAP@.75 (pycocotools,
+from the detections the benchmark agent decoded); end-to-end latency includes numpy decoding and NMS.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import tempfile
-import time
-from pathlib import Path
-
-from edgecnn.api import compress
-from edgecnn.core.environment import environment
-
-HERE = Path(__file__).resolve().parent
-RECIPE = HERE.parent / "recipes" / "detect_quickstart.yaml"
-TINY = {"train.epochs": 1, "distill.epochs": 1, "prune.epochs": 1, "data.eval_samples": 40, "data.calib_samples": 16,
-        "bench.min_seconds": 0.05, "bench.min_iters": 5, "bench.warmup": 1}
-
-
-def rows(report: dict, label: dict[str, str]) -> list[dict]:
-    """The benchmark's rows of a run's report: one per model, named by `label` (report name -> row name)."""
-    out = []
-    for m in report["models"]:
-        if m["name"] not in label:
-            continue
-        out.append({
-            "model": label[m["name"]], "format": m["format"], "precision": m["precision"],
-            "mAP": m["score"], "mAP50": m["metrics"]["mAP50"], "mAP75": m["metrics"]["mAP75"],
-            "p50_ms": m["latency_ms"]["p50"], "e2e_p50_ms": (m.get("e2e_latency_ms") or {}).get("p50"),
-            "peak_memory_mb": m["peak_memory_mb"], "size_bytes": m["size_bytes"], "params": m["params"],
-            "macs": m["macs"], "runtime": m["runtime"], "parity": m.get("parity"),
-        })
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
-    ap.add_argument("--out", type=Path, default=HERE / "detect.json")
-    args = ap.parse_args()
-    overrides = dict(TINY) if args.tiny else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        full = compress(RECIPE, out=Path(tmp) / "distilled", overrides=overrides)
-        wall = time.perf_counter() - t0
-        recipe = full.report["recipe"]
-        labels_only = {**overrides, "teacher.model": str(Path(tmp) / "distilled" / "teacher" / "model.pt"),
-                       "distill": None, "prune": None, "quantize": None, "export": None,
-                       **{f"train.{k}": recipe["distill"][k] for k in ("epochs", "lr", "batch_size", "optimizer",
-                                                                         "weight_decay")}}
-        plain = compress(RECIPE, out=Path(tmp) / "labels-only", overrides=labels_only)
-        table = rows(full.report, {"teacher": "teacher", "student": "student (distilled)",
-                                   "student-pruned": "student pruned"})
-        table += rows(plain.report, {"student": "student (labels only)"})
-    by = {(r["model"], r["format"], r["precision"]): r for r in table}
-    distilled = by[("student (distilled)", "pytorch", "fp32")]
-    plain_row = by[("student (labels only)", "pytorch", "fp32")]
-    result = {
-        "benchmark": "detect",
-        "command": "python benchmarks/detect.py" + (" --tiny" if args.tiny else ""),
-        "recipe": recipe,
-        "environment": environment(),
-        "compress_wall_s": round(wall, 1),
-        "stage_wall_s": {k: v.get("wall_s") for k, v in full.report["stages"].items()},
-        "eval_images": full.report["models"][0]["eval_samples"],
-        "checks": {
-            "distilled_minus_labels_only_mAP": distilled["mAP"] - plain_row["mAP"],
-            "distilled_beats_labels_only": distilled["mAP"] > plain_row["mAP"],
-            "equal_epochs": recipe["distill"]["epochs"],
-            "compress_under_300s": wall < 300,
-        },
-        "models": table,
-    }
-    if not args.tiny:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"compress_wall_s": result["compress_wall_s"], **result["checks"]}, indent=2))
-    for r in table:
-        print(f"{r['model']:<22} {r['format']:<8} {r['precision']:<5} mAP {r['mAP']:.4f} mAP50 {r['mAP50']:.4f} "
-              f"p50 {r['p50_ms']:.3f} ms e2e {r['e2e_p50_ms'] or float('nan'):.3f} ms")
-
+from task_quickstart import HERE, main
 
 if __name__ == "__main__":
-    main()
+    main("detect", HERE.parent / "recipes" / "detect_quickstart.yaml", ("mAP", "mAP50", "mAP75"), __doc__)

@@ -1,0 +1,110 @@
+"""The shared body of detect.py and keypoints.py: a task's quickstart recipe, distilled against labels-only.
+
+Two runs of the recipe through `edgecnn.compress`, on the same data split:
+1. the full recipe (teacher trained on labels, student distilled from it, pruned, exported and
+   quantized to int8 calibrated on training images);
+2. the same student, seed and schedule, trained on labels alone for as many epochs as the
+   distillation ran (the teacher is run 1's, loaded from its file, not retrained).
+Every model is scored on the test split from what the benchmark agent decoded, and timed at
+batch 1 on one thread: the model, and end to end (normalisation, model and numpy decoding). The
+two students are also scored on the validation split, where a recipe's choices are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from edgecnn.api import compress
+from edgecnn.compression.train import predict
+from edgecnn.config.recipe import Recipe
+from edgecnn.core.environment import environment
+from edgecnn.models.files import load_model_file
+from edgecnn.pipeline.context import Context
+
+HERE = Path(__file__).resolve().parent
+TINY = {"train.epochs": 1, "distill.epochs": 1, "prune.epochs": 1, "data.eval_samples": 40, "data.calib_samples": 16,
+        "bench.min_seconds": 0.05, "bench.min_iters": 5, "bench.warmup": 1}
+STUDENT_KEYS = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+
+
+def rows(report: dict, label: dict[str, str], metrics: tuple[str, ...]) -> list[dict]:
+    """The benchmark's rows of a run's report: one per model, named by `label` (report name -> row name)."""
+    out = []
+    for m in report["models"]:
+        if m["name"] not in label:
+            continue
+        out.append({
+            "model": label[m["name"]], "format": m["format"], "precision": m["precision"],
+            **{k: m["metrics"][k] for k in metrics},
+            "p50_ms": m["latency_ms"]["p50"], "e2e_p50_ms": (m.get("e2e_latency_ms") or {}).get("p50"),
+            "peak_memory_mb": m["peak_memory_mb"], "size_bytes": m["size_bytes"], "params": m["params"],
+            "macs": m["macs"], "runtime": m["runtime"], "parity": m.get("parity"),
+        })
+    return out
+
+
+def val_score(recipe: dict, run_dir: Path, model_file: Path) -> float:
+    """The task score of a PyTorch model file on the recipe's validation split (data read as the run read it)."""
+    ctx = Context(Recipe.model_validate(recipe), run_dir)
+    model, _ = load_model_file(model_file)
+    raw = predict(model, ctx.data, ctx.data.val).numpy()
+    return ctx.task.score(ctx.task.evaluate(raw, ctx.data.val.y, ctx.task.head_spec(model, ctx.data)))
+
+
+def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) -> None:
+    """Run both recipes, print the table and (unless --tiny) write benchmarks/<benchmark>.json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
+    ap.add_argument("--out", type=Path, default=HERE / f"{benchmark}.json")
+    args = ap.parse_args()
+    overrides = dict(TINY) if args.tiny else {}
+    primary = metrics[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        full = compress(recipe_file, out=Path(tmp) / "distilled", overrides=overrides)
+        wall = time.perf_counter() - t0
+        recipe = full.report["recipe"]
+        labels_only = {**overrides, "teacher.model": str(Path(tmp) / "distilled" / "teacher" / "model.pt"),
+                       "distill": None, "prune": None, "quantize": None, "export": None,
+                       **{f"train.{k}": recipe["distill"][k] for k in STUDENT_KEYS}}
+        plain = compress(recipe_file, out=Path(tmp) / "labels-only", overrides=labels_only)
+        table = rows(full.report, {"teacher": "teacher", "student": "student (distilled)",
+                                   "student-pruned": "student pruned"}, metrics)
+        table += rows(plain.report, {"student": "student (labels only)"}, metrics)
+        val = {k: val_score(recipe, Path(tmp) / d, Path(tmp) / d / "distill" / "model.pt")
+               for k, d in (("distilled", "distilled"), ("labels_only", "labels-only"))}
+    by = {(r["model"], r["format"], r["precision"]): r for r in table}
+    distilled = by[("student (distilled)", "pytorch", "fp32")]
+    plain_row = by[("student (labels only)", "pytorch", "fp32")]
+    result = {
+        "benchmark": benchmark,
+        "command": f"python benchmarks/{benchmark}.py" + (" --tiny" if args.tiny else ""),
+        "recipe": recipe,
+        "environment": environment(),
+        "decision_split": full.report.get("decision_split"),
+        "compress_wall_s": round(wall, 1),
+        "stage_wall_s": {k: v.get("wall_s") for k, v in full.report["stages"].items()},
+        "eval_images": full.report["models"][0]["eval_samples"],
+        "students_val_score": val,
+        "checks": {
+            **{f"distilled_minus_labels_only_{k}": distilled[k] - plain_row[k] for k in metrics},
+            "distilled_minus_labels_only_val_score": val["distilled"] - val["labels_only"],
+            "distilled_beats_labels_only": distilled[primary] > plain_row[primary]
+            and val["distilled"] > val["labels_only"],
+            "equal_epochs": recipe["distill"]["epochs"],
+            "compress_under_300s": wall < 300,
+        },
+        "models": table,
+    }
+    if not args.tiny:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"compress_wall_s": result["compress_wall_s"], "decision_split": result["decision_split"],
+                      "students_val_score": val, **result["checks"]}, indent=2))
+    for r in table:
+        scores = " ".join(f"{k} {r[k]:.4f}" for k in metrics)
+        print(f"{r['model']:<22} {r['format']:<8} {r['precision']:<5} {scores} "
+              f"p50 {r['p50_ms']:.3f} ms e2e {r['e2e_p50_ms'] or float('nan'):.3f} ms")
