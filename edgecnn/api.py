@@ -251,6 +251,13 @@ def _formats(formats: str | Sequence[str]) -> list[str]:
     return items
 
 
+def _fallback(value: str | Sequence[str]) -> str | list[str]:
+    """quantize.fallback from "auto", "none", "a,b" or a list of module names."""
+    if isinstance(value, str):
+        return value if value in ("auto", "none") else [n.strip() for n in value.split(",")]
+    return list(value)
+
+
 def _edgecnn_model(path: str | Path):
     """The ModelInfo of an edgecnn model file (written by train/distill/prune/compress); UserError otherwise."""
     from edgecnn.models.files import is_torchscript, load_model_file
@@ -570,6 +577,8 @@ def quantize(
     tflite_io: str = "int8",
     accuracy_budget: float = 0.01,
     qat: str = "auto",
+    fallback: str | Sequence[str] = "auto",
+    sensitivity: bool = False,
     on_fail: str = "error",
     min_agreement: float = 0.995,
     threads: int = 1,
@@ -583,7 +592,9 @@ def quantize(
     ONNX configs (the given one first; OpenVINO: both NNCF presets), each on the validation split and
     at batch 1 on this CPU with `threads`, and keeps the fastest within `accuracy_budget` (top-1 loss
     against fp32 PyTorch),
-    falling back to quantization-aware training (`qat`); each runtime deploys int8 only where it
+    keeping layers in float first (`fallback`: "auto" the fewest most sensitive, "none", or module
+    names as a list or "a,b"; `sensitivity=True` measures every layer's int8 loss even when int8
+    meets the budget), then quantization-aware training (`qat`); each runtime deploys int8 only where it
     beats its fp32 file. Writes the int8 and fp32 files, quantize.json and export.json into `out`;
     returns the quantize stage's record (candidates, chosen config, `gate`, deploy choice, notes),
     each file with its `path`, and `export` (the export record).
@@ -597,7 +608,7 @@ def quantize(
         "export": _export_section(formats, 18, True, min_agreement, on_fail),
         "quantize": {"select": select, "onnx": {"format": onnx_format, "activation": activation, "method": method},
                      "tflite": {"io": tflite_io}, "accuracy_budget": accuracy_budget, "qat": {"enabled": qat},
-                     "on_fail": on_fail},
+                     "fallback": _fallback(fallback), "sensitivity": sensitivity, "on_fail": on_fail},
         "bench": {"device": "local-cpu", "threads": threads, "min_seconds": min_seconds},
     })
     with tempfile.TemporaryDirectory(prefix="edgecnn-quantize-") as work:

@@ -296,13 +296,18 @@ def export(model_path, formats, opset, simplify, min_agreement, on_fail, data_sp
               help="Accuracy gate: most top-1 int8 may lose against fp32 PyTorch, 0..1.")
 @click.option("--qat", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
               help="Quantization-aware training: if no post-training candidate meets the budget (auto), always, never.")
+@click.option("--fallback", default="auto", show_default=True,
+              help="Layers kept in float: auto (the fewest most sensitive, when full int8 misses the budget), none, "
+                   "or module names, comma-separated (e.g. features.0,classifier).")
+@click.option("--sensitivity", is_flag=True,
+              help="Measure every layer's int8 sensitivity even when int8 meets the budget.")
 @export_gate_options
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads when timing the candidates.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timing per candidate (at most 0.5 s).")
 @data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the int8 files.")
 def quantize(model_path, formats, calib_samples, select, onnx_format, activation, method, tflite_io, accuracy_budget,
-             qat, min_agreement, on_fail, threads, min_seconds, data_spec, mean, std, out):
+             qat, fallback, sensitivity, min_agreement, on_fail, threads, min_seconds, data_spec, mean, std, out):
     """Quantize an edgecnn model file to int8 ONNX, TFLite and/or OpenVINO, calibrated on real training images.
 
     The quantize stage of compress: the fp32 exports pass the parity gate, int8 candidates are measured
@@ -315,7 +320,8 @@ def quantize(model_path, formats, calib_samples, select, onnx_format, activation
     r = api.quantize(
         model_path, out, data_spec, formats=formats, calib_samples=calib_samples, select=select,
         onnx_format=onnx_format, activation=activation, method=method, tflite_io=tflite_io,
-        accuracy_budget=accuracy_budget, qat=qat, on_fail=on_fail, min_agreement=min_agreement, threads=threads,
+        accuracy_budget=accuracy_budget, qat=qat, fallback=fallback, sensitivity=sensitivity, on_fail=on_fail,
+        min_agreement=min_agreement, threads=threads,
         min_seconds=min_seconds, mean=mean, std=std,
     )
     _print_export(r["export"])
@@ -337,6 +343,7 @@ def quantize(model_path, formats, calib_samples, select, onnx_format, activation
             f"{describe(f['config'])}{' QAT' if f['qat'] else ''}; "
             f"accuracy gate (loss <= {gate['accuracy_budget']:g}): " + passed
             + f"; deploy {f['deploy_precision']} (int8 p50 {f['p50_ms']:.3f} ms, fp32 {f['fp32_p50_ms']:.3f} ms)"
+            + (f"; kept in float: {', '.join(f['float_layers'])}" if f.get("float_layers") else "")
         )
     for note in r["notes"]:
         click.echo(f"note: {note}")

@@ -211,3 +211,20 @@ def test_tflite_layers_kept_float_are_float_islands(tmp_path):
     r = integer_macs(tmp_path / "m.tflite")
     assert [i["last"] for i in r["float_islands"]] == ["Conv2d_conv2"]
     assert r["layers_integer"] == 3 and r["macs_integer"] == 48000 + 10080 + 840  # fc1, fc2, fc
+
+
+def test_quantize_command_keeps_the_named_layers_in_float(outlier_weights, tmp_path):
+    from edgecnn.models.files import ModelInfo, build_model, save_model
+
+    info = ModelInfo("lenet_small", {}, 10, (1, 28, 28), [0.1307], [0.3081])
+    model = build_model(info)
+    model.load_state_dict(torch.load(outlier_weights, weights_only=True))
+    save_model(model, info, tmp_path / "m.pt")
+    proc = run_cli("quantize", str(tmp_path / "m.pt"), "--format", "onnx", "--select", "fixed", "--qat", "false",
+                   "--on-fail", "warn", "--fallback", "fc1, fc2", "--calib-samples", "64", "--min-seconds", "0.1",
+                   "--out", str(tmp_path / "q"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert record["files"]["onnx"]["float_layers"] == ["fc1", "fc2"]
+    assert 0 < record["files"]["onnx"]["integer_mac_share"] < 1
+    assert "kept in float: fc1, fc2" in proc.stdout
