@@ -162,3 +162,29 @@ def test_malformed_coco_and_yolo_annotations_exit_2_with_one_error_line(tmp_path
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
         assert all(n in lines[0] for n in names), lines[0]
         assert not (folder / "run" / "teacher").exists()
+
+
+def test_the_prediction_convs_can_stay_float_in_int8_files(tmp_path):
+    """Issue 14: the head's outputs may stay fp32 where int8 ruins them (`quantize.fallback` names the head convs)."""
+    from edgecnn.pipeline.run_report import write_run_report
+    from edgecnn.pipeline.runner import run_stages
+    from edgecnn.pipeline.stages.registry import default_stages
+
+    head_convs = ["heads.0.pred", "heads.1.pred"]
+    recipe = recipe_from_dict({
+        "name": "det-float-head", "task": "detection",
+        "data": {"spec": "mnist-detect", "image_size": 64, "eval_samples": 40, "calib_samples": 32},
+        "teacher": {"model": "det_tiny"}, "student": None, "distill": None, "prune": None,
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adamw", "weight_decay": 1e-4},
+        "quantize": {"select": "fixed", "fallback": head_convs, "qat": {"enabled": False}, "on_fail": "warn"},
+        "export": {"formats": ["onnx", "tflite"], "on_fail": "warn"},
+        "bench": {"min_seconds": 0.05, "min_iters": 5, "warmup": 1},
+    }, tmp_path)
+    ctx = Context(recipe, tmp_path / "run")
+    report = write_run_report(ctx, run_stages(default_stages(), ctx, resume=False))
+    files = report["stages"]["quantize"]["files"]
+    for fmt in ("onnx", "tflite"):
+        assert files[fmt]["float_layers"] == head_convs, (fmt, files[fmt])
+        assert 0.5 < files[fmt]["integer_mac_share"] < 1, (fmt, files[fmt])
+        entry = next(m for m in report["models"] if m["format"] == fmt and m["precision"] == "int8")
+        assert entry["task"] == "detection" and entry["float_layers"] == head_convs and entry["score"] is not None
