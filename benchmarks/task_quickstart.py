@@ -47,12 +47,15 @@ def rows(report: dict, label: dict[str, str], metrics: tuple[str, ...]) -> list[
     return out
 
 
-def val_score(recipe: dict, run_dir: Path, model_file: Path) -> float:
-    """The task score of a PyTorch model file on the recipe's validation split (data read as the run read it)."""
+def val_scores(recipe: dict, run_dir: Path, model_files: dict[str, Path]) -> dict[str, float]:
+    """The task score of each PyTorch model file on the recipe's validation split (data read once, as the run does)."""
     ctx = Context(Recipe.model_validate(recipe), run_dir)
-    model, _ = load_model_file(model_file)
-    raw = predict(model, ctx.data, ctx.data.val).numpy()
-    return ctx.task.score(ctx.task.evaluate(raw, ctx.data.val.y, ctx.task.head_spec(model, ctx.data)))
+    scores = {}
+    for name, path in model_files.items():
+        model, _ = load_model_file(path)
+        raw = predict(model, ctx.data, ctx.data.val).numpy()
+        scores[name] = ctx.task.score(ctx.task.evaluate(raw, ctx.data.val.y, ctx.task.head_spec(model, ctx.data)))
+    return scores
 
 
 def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) -> None:
@@ -75,8 +78,9 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) 
         table = rows(full.report, {"teacher": "teacher", "student": "student (distilled)",
                                    "student-pruned": "student pruned"}, metrics)
         table += rows(plain.report, {"student": "student (labels only)"}, metrics)
-        val = {k: val_score(recipe, Path(tmp) / d, Path(tmp) / d / "distill" / "model.pt")
-               for k, d in (("distilled", "distilled"), ("labels_only", "labels-only"))}
+        students = {"distilled": "distilled", "labels_only": "labels-only"}
+        val = val_scores(recipe, Path(tmp) / "distilled",
+                         {k: Path(tmp) / d / "distill" / "model.pt" for k, d in students.items()})
     by = {(r["model"], r["format"], r["precision"]): r for r in table}
     distilled = by[("student (distilled)", "pytorch", "fp32")]
     plain_row = by[("student (labels only)", "pytorch", "fp32")]
