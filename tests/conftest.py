@@ -47,6 +47,28 @@ SHARED_MODELS = SHARED / "models"
 CIFAR_ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
 
 
+def briefly_trained(task_name: str, model_name: str, data, out: Path) -> tuple:
+    """A zoo model of `task_name` after one epoch of steps on labels (outputs that follow the images), exported to
+    ONNX at out/model.onnx: (task, model, head, onnx path)."""
+    import torch
+
+    from edgecnn.compression.export import export_onnx
+    from edgecnn.models.files import ModelInfo, build_model
+    from edgecnn.tasks.registry import get_task
+
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = build_model(ModelInfo(model_name, {}, data.num_classes, data.input_shape))
+    head = task.head_spec(model, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for x, y in task.batches(data, data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        opt.zero_grad()
+        task.loss(model(data.normalize(x)), y, head).backward()
+        opt.step()
+    export_onnx(model.eval(), data.input_shape, out / "model.onnx")
+    return task, model, head, out / "model.onnx"
+
+
 def needs_shared(*paths: Path) -> None:
     """Skip the calling test when ../shared (the user's models and data) is not on this machine."""
     for p in paths:

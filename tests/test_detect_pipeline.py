@@ -12,24 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import run_cli
+from conftest import briefly_trained, run_cli
 from test_detect_data import scenes, write_coco, write_yolo  # noqa: F401 - `scenes` is a fixture
 
 from edgecnn.analysis.compare import compare_runs
 from edgecnn.analysis.report import write_report
-from edgecnn.compression.export import export_onnx
 from edgecnn.config.recipe import recipe_from_dict
 from edgecnn.core.errors import UserError
-from edgecnn.models.files import ModelInfo, build_model
 from edgecnn.pipeline.context import Context
 from edgecnn.pipeline.stages.teacher import TeacherStage
 from edgecnn.runtime.host import AGENT_PATH, agent_scores, run_agent_local, runtime_outputs, write_eval_npz
 from edgecnn.tasks.base import raw_outputs
 from edgecnn.tasks.detection import decode as dd
 from edgecnn.tasks.detection.data import load_detection_data
-from edgecnn.tasks.registry import get_task
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +36,7 @@ def data():
 @pytest.fixture(scope="module")
 def detector(data, tmp_path_factory):
     """det_tiny after a few steps on labels (confident enough to give boxes), exported to ONNX."""
-    task = get_task("detection")
-    torch.manual_seed(0)
-    model = build_model(ModelInfo("det_tiny", {}, 10, data.input_shape))
-    head = task.head_spec(model, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
-    for x, y in task.batches(data, data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0)):
-        opt.zero_grad()
-        task.loss(model(data.normalize(x)), y, head).backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("det") / "model.onnx"
-    export_onnx(model.eval(), data.input_shape, path)
-    return task, model, head, path
+    return briefly_trained("detection", "det_tiny", data, tmp_path_factory.mktemp("det"))
 
 
 def test_recipe_task_defaults_to_classification_and_picks_the_detection_task(tmp_path):

@@ -13,25 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import run_cli
+from conftest import briefly_trained, run_cli
 from test_detect_pipeline import _report
 from test_keypoints_data import _mutate, _set_kp, scenes, write_coco_keypoints  # noqa: F401 - `scenes`: a fixture
 
 from edgecnn.analysis.compare import compare_runs
-from edgecnn.compression.export import export_onnx
 from edgecnn.config.recipe import recipe_from_dict
 from edgecnn.core.errors import UserError
 from edgecnn.devices.deploy import Batch
-from edgecnn.models.files import ModelInfo, build_model
 from edgecnn.pipeline.context import Context
 from edgecnn.pipeline.stages.teacher import TeacherStage
 from edgecnn.runtime.host import AGENT_PATH, agent_scores, run_agent_local, runtime_outputs, write_eval_npz
 from edgecnn.tasks.base import raw_outputs
 from edgecnn.tasks.keypoints import decode as kpd
 from edgecnn.tasks.keypoints.data import load_keypoints_data
-from edgecnn.tasks.registry import get_task
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +38,7 @@ def data():
 @pytest.fixture(scope="module")
 def pose(data, tmp_path_factory):
     """pose_mobile after a few steps on labels (peaks that move with the digits), exported to ONNX."""
-    task = get_task("keypoints")
-    torch.manual_seed(0)
-    model = build_model(ModelInfo("pose_mobile", {}, data.num_classes, data.input_shape))
-    head = task.head_spec(model, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
-    for x, y in task.batches(data, data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0)):
-        opt.zero_grad()
-        task.loss(model(data.normalize(x)), y, head).backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("pose") / "model.onnx"
-    export_onnx(model.eval(), data.input_shape, path)
-    return task, model, head, path
+    return briefly_trained("keypoints", "pose_mobile", data, tmp_path_factory.mktemp("pose"))
 
 
 def test_recipe_picks_the_keypoints_task_its_sigmas_and_paths(tmp_path):
