@@ -2,7 +2,7 @@
 
     flock /tmp/edgecnn-cpu.lock python benchmarks/cifar10_int8.py   # writes benchmarks/cifar10_int8.json
 
-Models: a CIFAR ResNet-20 student trained here on labels for --student-epochs epochs (a quick
+Models: a student (a CIFAR ResNet-20 trained here on labels for --student-epochs epochs, a quick
 student, cached under ~/.cache/edgecnn/bench/; pass --student FILE to use an edgecnn model file,
 e.g. RUN/distill/model.pt) and the user's ResNet-56 from ../shared/models. Each model is exported
 to ONNX (dynamo, simplified) and TFLite (litert-torch) in fp32, and quantized to int8: ONNX with
@@ -39,20 +39,22 @@ CACHE = Path("~/.cache/edgecnn/bench").expanduser()
 TARGETS = {"max_accuracy_drop": 0.003, "litert_int8_over_fp32_1thread": 0.5, "onnxruntime_int8_over_fp32_1thread": 0.7}
 
 
-def student(data, epochs: int, path: Path | None) -> tuple[object, str]:
-    """The ResNet-20 student: a given edgecnn file, the cached one, or trained now on labels."""
+def student(data, epochs: int, path: Path | None) -> tuple[str, object, str]:
+    """The student (name, model, origin): a given edgecnn file, the cached ResNet-20, or a ResNet-20 trained now."""
     if path is not None:
-        return load_model_file(path)[0], f"{path}"
+        model, info = load_model_file(path)
+        return info.spec.removeprefix("cifar_"), model, f"{path}"
     cached = CACHE / f"resnet20_cifar10_{epochs}ep.pt"
     if cached.is_file():
-        return load_model_file(cached)[0], f"ResNet-20 trained on labels for {epochs} epochs (cached {cached})"
+        origin = f"ResNet-20 trained on labels for {epochs} epochs (cached {cached})"
+        return "resnet20", load_model_file(cached)[0], origin
     info = ModelInfo("cifar_resnet20", {"width": 16}, 10, (3, 32, 32), MEAN, STD)
     model = build_model(info)
     t0 = time.perf_counter()
     fit(model, data, TrainConfig(epochs=epochs, lr=0.1, batch_size=128), seed=0, augment=True, label="student")
     CACHE.mkdir(parents=True, exist_ok=True)
     save_model(model, info, cached)
-    return model, f"ResNet-20 trained on labels for {epochs} epochs here ({time.perf_counter() - t0:.0f} s)"
+    return "resnet20", model, f"ResNet-20 trained on labels for {epochs} epochs here ({time.perf_counter() - t0:.0f} s)"
 
 
 def resnet56():
@@ -131,7 +133,7 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.perf_counter()
     data = load_data(DATA, 0.1, MEAN, STD)
-    models = [("resnet20", *student(data, a.student_epochs, a.student)), ("resnet56", *resnet56())]
+    models = [student(data, a.student_epochs, a.student), ("resnet56", *resnet56())]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "eval.npz"
