@@ -4,7 +4,9 @@ Two runs of the recipe through `edgecnn.compress`, on the same data split:
 1. the full recipe (teacher trained on labels, student distilled from it, pruned, exported and
    quantized to int8 calibrated on training images);
 2. the same student, seed and schedule, trained on labels alone for as many epochs as the
-   distillation ran (the teacher is run 1's, loaded from its file, not retrained).
+   distillation ran (the teacher is run 1's, loaded from its file, not retrained);
+3. with --seeds N, both students again at the next N - 1 seeds (same teacher, data and schedule):
+   the claim "distillation beats labels-only" compares their means, on validation and on test.
 Every model is scored on the test split from what the benchmark agent decoded, and timed at
 batch 1 on one thread: the model, and end to end (normalisation, model and numpy decoding). The
 two students are also scored on the validation split, where a recipe's choices are made.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -58,10 +61,21 @@ def val_scores(recipe: dict, run_dir: Path, model_files: dict[str, Path]) -> dic
     return scores
 
 
-def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) -> None:
-    """Run both recipes, print the table and (unless --tiny) write benchmarks/<benchmark>.json."""
+def student_test_score(report: dict, primary: str) -> float:
+    """The PyTorch student's test score in a run's report (what the benchmark agent decoded)."""
+    return next(m["metrics"][primary] for m in report["models"] if m["name"] == "student" and m["format"] == "pytorch")
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values}
+
+
+def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, seeds: int = 1) -> None:
+    """Run both recipes (students at `seeds` seeds), print the table and (unless --tiny) write the JSON."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
+    ap.add_argument("--seeds", type=int, default=seeds, help="seeds of the two students (the first is the recipe's)")
     ap.add_argument("--out", type=Path, default=HERE / f"{benchmark}.json")
     args = ap.parse_args()
     overrides = dict(TINY) if args.tiny else {}
@@ -71,34 +85,48 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) 
         full = compress(recipe_file, out=Path(tmp) / "distilled", overrides=overrides)
         wall = time.perf_counter() - t0
         recipe = full.report["recipe"]
-        labels_only = {**overrides, "teacher.model": str(Path(tmp) / "distilled" / "teacher" / "model.pt"),
-                       "distill": None, "prune": None, "quantize": None, "export": None,
+        teacher = {"teacher.model": str(Path(tmp) / "distilled" / "teacher" / "model.pt"), "prune": None,
+                   "quantize": None, "export": None}
+        labels_only = {**overrides, **teacher, "distill": None,
                        **{f"train.{k}": recipe["distill"][k] for k in STUDENT_KEYS}}
         plain = compress(recipe_file, out=Path(tmp) / "labels-only", overrides=labels_only)
         table = rows(full.report, {"teacher": "teacher", "student": "student (distilled)",
                                    "student-pruned": "student pruned"}, metrics)
         table += rows(plain.report, {"student": "student (labels only)"}, metrics)
-        students = {"distilled": "distilled", "labels_only": "labels-only"}
-        val = val_scores(recipe, Path(tmp) / "distilled",
-                         {k: Path(tmp) / d / "distill" / "model.pt" for k, d in students.items()})
+        runs = {"distilled": [Path(tmp) / "distilled"], "labels_only": [Path(tmp) / "labels-only"]}
+        test = {"distilled": [student_test_score(full.report, primary)],
+                "labels_only": [student_test_score(plain.report, primary)]}
+        seed_list = [recipe["seed"] + i for i in range(args.seeds)]
+        for seed in seed_list[1:]:  # the same two students from other initialisations and batch orders
+            for kind, extra in (("distilled", {}), ("labels_only", labels_only)):
+                out = Path(tmp) / f"{kind}-seed{seed}"
+                run = compress(recipe_file, out=out, overrides={**overrides, **teacher, **extra, "seed": seed})
+                runs[kind].append(out)
+                test[kind].append(student_test_score(run.report, primary))
+        files = {f"{kind}/{i}": d / "distill" / "model.pt" for kind, ds in runs.items() for i, d in enumerate(ds)}
+        by_file = val_scores(recipe, Path(tmp) / "distilled", files)
+        val = {kind: [by_file[f"{kind}/{i}"] for i in range(len(ds))] for kind, ds in runs.items()}
     by = {(r["model"], r["format"], r["precision"]): r for r in table}
     distilled = by[("student (distilled)", "pytorch", "fp32")]
     plain_row = by[("student (labels only)", "pytorch", "fp32")]
+    students = {kind: {"seeds": seed_list, "val": mean_sd(val[kind]), "test": mean_sd(test[kind])} for kind in val}
+    gap = {split: students["distilled"][split]["mean"] - students["labels_only"][split]["mean"]
+           for split in ("val", "test")}
     result = {
         "benchmark": benchmark,
-        "command": f"python benchmarks/{benchmark}.py" + (" --tiny" if args.tiny else ""),
+        "command": f"python benchmarks/{benchmark}.py" + (" --tiny" if args.tiny else "")
+        + (f" --seeds {args.seeds}" if args.seeds != seeds else ""),
         "recipe": recipe,
         "environment": environment(),
         "decision_split": full.report.get("decision_split"),
         "compress_wall_s": round(wall, 1),
         "stage_wall_s": {k: v.get("wall_s") for k, v in full.report["stages"].items()},
         "eval_images": full.report["models"][0]["eval_samples"],
-        "students_val_score": val,
+        "students": students,
         "checks": {
             **{f"distilled_minus_labels_only_{k}": distilled[k] - plain_row[k] for k in metrics},
-            "distilled_minus_labels_only_val_score": val["distilled"] - val["labels_only"],
-            "distilled_beats_labels_only": distilled[primary] > plain_row[primary]
-            and val["distilled"] > val["labels_only"],
+            **{f"distilled_minus_labels_only_mean_{split}": d for split, d in gap.items()},
+            "distilled_beats_labels_only": gap["val"] > 0 and gap["test"] > 0,
             "equal_epochs": recipe["distill"]["epochs"],
             "compress_under_300s": wall < 300,
         },
@@ -107,7 +135,7 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str) 
     if not args.tiny:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"compress_wall_s": result["compress_wall_s"], "decision_split": result["decision_split"],
-                      "students_val_score": val, **result["checks"]}, indent=2))
+                      "students": students, **result["checks"]}, indent=2))
     for r in table:
         scores = " ".join(f"{k} {r[k]:.4f}" for k in metrics)
         print(f"{r['model']:<22} {r['format']:<8} {r['precision']:<5} {scores} "

@@ -96,6 +96,25 @@ def test_distillation_on_the_teachers_heatmaps_alone_teaches_a_fresh_student(tra
     assert metrics["pck20"] > 0.6 and metrics["oks_ap"] > 0.1, metrics  # no label was used
 
 
+def test_distillation_weighs_the_teachers_peaks():
+    """An error where the teacher sees a keypoint costs 1 + peak_weight times one on the background; 0 is plain MSE."""
+    from edgecnn.tasks.keypoints.losses import distillation_loss
+
+    head = {"kind": "heatmap", "num_keypoints": 1, "stride": 4, "input_size": [16, 16]}
+    teacher = torch.zeros(1, 1, 4, 4)
+    teacher[0, 0, 1, 2] = 1.0
+    targets = torch.zeros(1, 3, 3)  # no labelled keypoint: the label term is 0
+    on_peak, off_peak = teacher.clone(), teacher.clone()
+    on_peak[0, 0, 1, 2] -= 0.5
+    off_peak[0, 0, 3, 0] += 0.5
+    peak, background = (distillation_loss(s, teacher, targets, head, alpha=1.0, peak_weight=10.0)
+                        for s in (on_peak, off_peak))
+    assert peak == pytest.approx(11 * background)
+    assert background == pytest.approx(0.25 / (16 + 10))  # a weighted mean: the weights sum to 15 + 11
+    plain = distillation_loss(off_peak, teacher, targets, head, alpha=1.0, peak_weight=0.0)
+    assert plain == pytest.approx(((off_peak - teacher) ** 2).mean())
+
+
 def test_pruning_keeps_the_heatmap_conv_whole(trained, data):
     from edgecnn.compression.pruning import ChannelPruner
 

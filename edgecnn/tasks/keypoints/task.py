@@ -96,7 +96,7 @@ class KeypointsTask(Task):
     def distill_loss(
         self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, head: dict, kd: DistillConfig
     ) -> torch.Tensor:
-        return distillation_loss(student, teacher, targets, head, kd.alpha)
+        return distillation_loss(student, teacher, targets, head, kd.alpha, kd.peak_weight)
 
     def decode(self, raw: np.ndarray, head: dict) -> np.ndarray:
         """Keypoints (N, K, 3): x, y in input pixels and the peak score."""
