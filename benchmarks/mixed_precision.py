@@ -18,7 +18,10 @@ format's own `fallback_seconds` (the files tried). fp32's `seconds` is the expor
 Presets: `tiny`: a LeNet-small trained one epoch on the mnist5k digits, given an outlier unit (fc1's
 unit 0 x1000, fc2's weights from it /1000: the same fp32 function, but per-tensor int8 of that
 activation zeroes the others), budget 1 point. `resnet56`: the user's ResNet-56 from ../shared/models
-on CIFAR-10 (an image folder, --data), per-tensor int8 weights and a 0.2-point budget.
+on CIFAR-10 (an image folder, --data), per-tensor int8 weights and a 0.2-point budget; by default with
+8-bit weights (`--reduce-range false`): ONNX Runtime's u8 x s8 kernels saturate on x86 CPUs without
+VNNI (benchmarks/onnx_reduce_range.json: -1.17 points), the miss mixed precision is for. With
+`--reduce-range auto` (7-bit weights there) full int8 met the budget on an AMD EPYC (val 0.9458).
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ def main() -> None:
     ap.add_argument("--formats", default="onnx", help="comma-separated: onnx,tflite")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reduce-range", choices=["auto", "true", "false"], default="false",
+                    help="resnet56: quantize.onnx.reduce_range (false: 8-bit weights, which saturate u8s8 kernels on "
+                         "x86 without VNNI)")
     ap.add_argument("--out", type=Path, help="the JSON file (default benchmarks/mixed_precision[_PRESET].json)")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -125,7 +131,7 @@ def main() -> None:
             quantize = {"accuracy_budget": 0.01}
         else:
             data, teacher = resnet56_teacher(a.data)
-            quantize = {"accuracy_budget": 0.002, "onnx": {"per_channel": False}}
+            quantize = {"accuracy_budget": 0.002, "onnx": {"per_channel": False, "reduce_range": a.reduce_range}}
         base = {"name": f"mixed-{a.preset}", "data": data, "teacher": teacher, "student": None, "distill": None,
                 "prune": None, "export": {"formats": formats},
                 "bench": {"threads": a.threads, "min_seconds": 1.0}}
@@ -159,7 +165,8 @@ def main() -> None:
     out = {
         "benchmark": "mixed_precision", "preset": a.preset,
         "command": f"python benchmarks/mixed_precision.py --preset {a.preset} --formats {a.formats} "
-                   f"--qat-epochs {a.qat_epochs} --threads {a.threads}",
+                   f"--qat-epochs {a.qat_epochs} --threads {a.threads}"
+                   + (f" --reduce-range {a.reduce_range}" if a.preset == "resnet56" else ""),
         "decision_split": DECISION_SPLIT, "accuracy_budget": quantize["accuracy_budget"],
         "reference_val_score": reference, "teacher": teacher, "data": data,
         "wall_s": round(time.perf_counter() - t0, 1), "environment": environment(),

@@ -44,7 +44,7 @@ def test_repo_profiles_are_found_from_another_directory(tmp_path):
 
 def test_every_repo_profile_is_valid():
     profiles = {p.name: p for p in list_profiles()}
-    assert profiles["rpi-emu"].emulated and profiles["rpi-emu"].formats() == ["tflite", "onnx"]
+    assert profiles["rpi-emu"].emulated and profiles["rpi-emu"].formats() == ["tflite", "onnx", "openvino"]
     assert profiles["local-cpu"].formats() == ["onnx", "tflite", "openvino", "pytorch"]
     assert profiles["local-gpu"].requires_cuda and profiles["local-gpu"].formats() == ["pytorch", "onnx"]
     assert profiles["rpi4"].python == "~/edgecnn-venv/bin/python" and profiles["rpi4"].threads == 4

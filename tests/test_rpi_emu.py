@@ -44,7 +44,7 @@ def test_agent_runs_on_arm64_with_its_runtimes(rpi_emu, tmp_path):
     info = json.loads(proc.stdout)
     assert info["machine"] == "aarch64" and info["python"].startswith("3.11")
     assert info["numpy"].startswith("1.")  # tflite-runtime needs numpy<2
-    assert {"tflite-runtime", "onnxruntime", "litert"} <= set(info["runtimes"])
+    assert {"tflite-runtime", "onnxruntime", "litert", "openvino"} <= set(info["runtimes"])
 
 
 def test_litert_on_arm64_matches_litert_on_this_machine(rpi_emu, quickstart_run, quickstart_report, tmp_path):
@@ -80,11 +80,19 @@ def test_deploy_to_rpi_emu_matches_the_local_benchmark(rpi_emu, quickstart_run, 
         ("tflite", "int8"),
         ("onnx", "fp32"),
         ("onnx", "int8"),
+        ("openvino", "fp32"),
+        ("openvino", "int8"),
     }
     for e in entries:
         ref = local[(e["name"], e["format"], e["precision"])]
+        if (e["format"], e["precision"]) == ("openvino", "int8") and e["accuracy"] is None:
+            # measured: OpenVINO's ARM CPU plugin fails to compile the NNCF int8 IR in this Cortex-A72 userland
+            # ("object is not initialized"); the deploy records that with a note and picks among the rest
+            assert "agent failed on model.int8.xml" in e["notes"][-1], e
+            continue
         assert e["machine"] == "aarch64" and e["emulated"] is True and "emulation" in e["notes"][0]
-        assert e["runtime"].startswith("tflite-runtime" if e["format"] == "tflite" else "onnxruntime")
+        runtime = {"tflite": "tflite-runtime", "onnx": "onnxruntime"}.get(e["format"], e["format"])
+        assert e["runtime"].startswith(runtime)
         assert e["eval_samples"] == ref["eval_samples"]
         # real ARM64 kernels (XNNPACK/MLAS) may round differently from x86 on a few borderline images; int8
         # more so: x86 MLAS's u8s8 kernels without VNNI saturate some sums that ARM's compute exactly
