@@ -79,8 +79,12 @@ def resnet56_teacher(data_spec: str) -> tuple[dict, dict]:
 
 
 def variant_row(q: dict, fmt: str, name: str) -> dict:
-    """One variant's file of `fmt` from its quantize stage record."""
+    """One variant's file of `fmt` from its quantize stage record (for `qat`, the QAT candidate even when the stage
+    kept a post-training file that scored higher)."""
     rec = q["files"][fmt]
+    if name == "qat" and not rec["qat"]:
+        row = next(c for c in q["candidates"][fmt] if c["qat"])
+        rec = {**row, "float_islands": None, "reference_val_accuracy": rec["reference_val_accuracy"]}
     spent = (q.get("sensitivity") or {}).get("seconds", {})
     seconds = q["wall_s"]
     if name != "mixed":  # a missing full int8 triggers the sensitivity table: that is mixed precision's cost
