@@ -144,6 +144,7 @@ def main() -> None:
             results.append(measure_model(name, model, origin, data, npz, small_npz, Path(tmp), a.seconds))
     command = "python benchmarks/cifar10_int8.py" + (f" --student {a.student}" if a.student else "")
     out = {"benchmark": "cifar10_int8", "command": command, "targets": TARGETS,
+           "decision_split": None, "figures_split": "test",  # no choice is made: every file is reported
            "wall_s": round(time.perf_counter() - t0, 1), "environment": environment(), "models": results}
     (HERE / "cifar10_int8.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({m["name"]: m["checks"] for m in results}, indent=2))

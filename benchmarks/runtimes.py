@@ -199,6 +199,7 @@ def main() -> None:
                f"--test-per-class {a.test_per_class} --calib {a.calib}")
     out = {
         "benchmark": "runtimes", "command": command, "wall_s": round(time.perf_counter() - t0, 1),
+        "decision_split": None, "figures_split": "test",  # no choice is made: every file is reported
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "threads": settings, "batch": 1,
                      "test_images": test_images, "calib_images": a.calib},
         "environment": environment(),
