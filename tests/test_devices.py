@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from edgecnn.core.errors import UserError
-from edgecnn.devices.profiles import DeviceProfile, get_profile, list_profiles, parse_ssh_url
+from edgecnn.devices.profiles import BUILTIN, DeviceProfile, get_profile, list_profiles, parse_ssh_url
 
 
 def cli(*args: str, cwd: Path = REPO, devices: Path | None = None) -> subprocess.CompletedProcess:
@@ -40,6 +41,16 @@ def test_repo_profiles_are_found_from_another_directory(tmp_path):
     assert rows["rpi4"]["transport"] == "ssh" and rows["rpi4"]["profile"].endswith("devices/rpi4.yaml")
     for r in rows.values():  # every unreachable device says why
         assert r["reachable"] or r["reason"]
+
+
+def test_repo_files_of_the_built_in_devices_agree_with_the_built_ins():
+    """devices/<name>.yaml overrides the built-in profile of that name: a key both give must say the same thing."""
+    for name, builtin in BUILTIN.items():
+        raw = yaml.safe_load((REPO / "devices" / f"{name}.yaml").read_text())
+        if raw.get("python") == "sys.executable":
+            raw["python"] = sys.executable
+        differ = {k: (raw[k], v) for k, v in builtin.items() if k in raw and raw[k] != v}
+        assert not differ, f"devices/{name}.yaml against the built-in profile: {differ}"
 
 
 def test_every_repo_profile_is_valid():
