@@ -50,15 +50,16 @@ def rows(report: dict, label: dict[str, str], metrics: tuple[str, ...]) -> list[
     return out
 
 
-def val_scores(recipe: dict, run_dir: Path, model_files: dict[str, Path]) -> dict[str, float]:
+def val_scores(recipe: dict, run_dir: Path, model_files: dict[str, list[Path]]) -> dict[str, list[float]]:
     """The task score of each PyTorch model file on the recipe's validation split (data read once, as the run does)."""
     ctx = Context(Recipe.model_validate(recipe), run_dir)
-    scores = {}
-    for name, path in model_files.items():
+
+    def score(path: Path) -> float:
         model, _ = load_model_file(path)
         raw = predict(model, ctx.data, ctx.data.val).numpy()
-        scores[name] = ctx.task.score(ctx.task.evaluate(raw, ctx.data.val.y, ctx.task.head_spec(model, ctx.data)))
-    return scores
+        return ctx.task.score(ctx.task.evaluate(raw, ctx.data.val.y, ctx.task.head_spec(model, ctx.data)))
+
+    return {name: [score(p) for p in paths] for name, paths in model_files.items()}
 
 
 def student_test_score(report: dict, primary: str) -> float:
@@ -103,9 +104,8 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
                 run = compress(recipe_file, out=out, overrides={**overrides, **teacher, **extra, "seed": seed})
                 runs[kind].append(out)
                 test[kind].append(student_test_score(run.report, primary))
-        files = {f"{kind}/{i}": d / "distill" / "model.pt" for kind, ds in runs.items() for i, d in enumerate(ds)}
-        by_file = val_scores(recipe, Path(tmp) / "distilled", files)
-        val = {kind: [by_file[f"{kind}/{i}"] for i in range(len(ds))] for kind, ds in runs.items()}
+        val = val_scores(recipe, Path(tmp) / "distilled",
+                         {kind: [d / "distill" / "model.pt" for d in ds] for kind, ds in runs.items()})
     by = {(r["model"], r["format"], r["precision"]): r for r in table}
     distilled = by[("student (distilled)", "pytorch", "fp32")]
     plain_row = by[("student (labels only)", "pytorch", "fp32")]
