@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from runtimes import lscpu
+from timing import alternating_rounds, best_p50
 
 from edgecnn.analysis.report import markdown_table
 from edgecnn.analysis.stats import ci_text, two_proportion_p, wilson_interval
@@ -121,15 +122,10 @@ def main() -> None:
         rows["deployed"] = {"file": deployed_path.name, "size_bytes": model_size(str(deployed_path)),
                             "accuracy": entry["accuracy"], "eval_samples": entry["eval_samples"],
                             "val_accuracy": next(c["score"] for c in dep["candidates"] if c["chosen"]), **chosen}
-        for r in range(a.rounds):
-            keys = list(files) if r % 2 == 0 else list(files)[::-1]
-            for threads in settings if r % 2 == 0 else settings[::-1]:
-                for key in keys:
-                    m = run_agent_local(files[key], small, threads=threads, min_iters=100, min_seconds=a.seconds)
-                    rows[key].setdefault("rounds", {}).setdefault(str(threads), []).append(m["latency_ms"]["p50"])
-                    print(f"round {r + 1} {key:18s} {threads}t p50 {m['latency_ms']['p50']:.3f} ms", flush=True)
-    for row in rows.values():
-        row["p50_ms"] = {t: min(v) for t, v in row["rounds"].items()}
+        timed = alternating_rounds(files, small, settings, a.rounds, a.seconds)
+    for key, row in rows.items():
+        row["rounds"] = timed[key]
+        row["p50_ms"] = best_p50(row["rounds"])
     same = f"{RUNTIME_OF[chosen['format']]} fp32"
     dep_row, same_row = rows["deployed"], rows[same]
     teacher_keys = [k for k in rows if k != "deployed"]

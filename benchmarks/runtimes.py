@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import alternating_rounds, best_p50
 
 from edgecnn.analysis.report import markdown_table
 from edgecnn.compression.export import export_onnx, export_tflite
@@ -168,21 +169,14 @@ def main() -> None:
                     "accuracy": m["accuracy"] if trained else None, "eval_samples": m["eval_samples"] if trained else 0,
                     "p50_ms": {}, "rounds": {}}
             results.append(entry)
-        jobs = [(e, key) for e in results for key in e["files"]]
-        for r in range(a.rounds):
-            order = jobs if r % 2 == 0 else jobs[::-1]
-            for threads in settings if r % 2 == 0 else settings[::-1]:
-                for e, key in order:
-                    rec = e["files"][key]
-                    m = run_agent_local(files[e["name"]][rec["runtime"], rec["precision"]], small, threads=threads,
-                                        min_iters=100, min_seconds=a.seconds)
-                    rec["rounds"].setdefault(str(threads), []).append(m["latency_ms"]["p50"])
-                    print(f"round {r + 1} {e['name']:11s} {key:18s} {threads:2d}t p50 {m['latency_ms']['p50']:.3f} ms",
-                          flush=True)
+        timed = alternating_rounds({(e["name"], key): files[e["name"]][rec["runtime"], rec["precision"]]
+                                    for e in results for key, rec in e["files"].items()},
+                                   small, settings, a.rounds, a.seconds)
     rows, fastest = [], {}
     for e in results:
-        for rec in e["files"].values():
-            rec["p50_ms"] = {t: min(v) for t, v in rec["rounds"].items()}
+        for key, rec in e["files"].items():
+            rec["rounds"] = timed[e["name"], key]
+            rec["p50_ms"] = best_p50(rec["rounds"])
         base = e["files"]["onnxruntime fp32"]["p50_ms"]
         for rec in e["files"].values():
             rec["vs_onnxruntime_fp32"] = {t: round(rec["p50_ms"][t] / base[t], 3) for t in rec["p50_ms"]}

@@ -6,7 +6,9 @@ Two runs of the recipe through `edgecnn.compress`, on the same data split:
 2. the same student, seed and schedule, trained on labels alone for as many epochs as the
    distillation ran (the teacher is run 1's, loaded from its file, not retrained);
 3. with --seeds N, both students again at the next N - 1 seeds (same teacher, data and schedule):
-   the claim "distillation beats labels-only" compares their means, on validation and on test.
+   the claim "distillation beats labels-only" compares their means, on validation and on test;
+4. with --variant KEY=VALUE (repeatable), one more distilled student per variant and seed with that
+   override (e.g. distill.peak_weight=0: the plain-MSE loss the default is chosen against, on validation).
 Every model is scored on the test split from what the benchmark agent decoded, and timed at
 batch 1 on one thread: the model, and end to end (normalisation, model and numpy decoding). The
 two students are also scored on the validation split, where a recipe's choices are made.
@@ -72,13 +74,28 @@ def mean_sd(values: list[float]) -> dict:
             "values": values}
 
 
-def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, seeds: int = 1) -> None:
-    """Run both recipes (students at `seeds` seeds), print the table and (unless --tiny) write the JSON."""
+def parse_variant(text: str) -> tuple[str, object]:
+    """KEY=VALUE with a YAML value, as `--set` takes it."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected KEY=VALUE, e.g. distill.peak_weight=0")
+    return key, yaml.safe_load(value)
+
+
+def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, seeds: int = 1,
+         variants: tuple[str, ...] = ()) -> None:
+    """Run both recipes (students at `seeds` seeds, plus distilled `variants`), print the table and (unless --tiny)
+    write the JSON."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
     ap.add_argument("--seeds", type=int, default=seeds, help="seeds of the two students (the first is the recipe's)")
+    ap.add_argument("--variant", dest="variants", action="append", type=parse_variant, metavar="KEY=VALUE",
+                    help=f"a distilled student with this override too, at every seed (default: {list(variants)})")
     ap.add_argument("--out", type=Path, default=HERE / f"{benchmark}.json")
     args = ap.parse_args()
+    args.variants = args.variants if args.variants is not None else [parse_variant(v) for v in variants]
     overrides = dict(TINY) if args.tiny else {}
     primary = metrics[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,6 +121,14 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
                 run = compress(recipe_file, out=out, overrides={**overrides, **teacher, **extra, "seed": seed})
                 runs[kind].append(out)
                 test[kind].append(student_test_score(run.report, primary))
+        for key, value in args.variants:  # distilled students that differ from the recipe's in one key
+            kind = f"distilled, {key}={value}"
+            runs[kind], test[kind] = [], []
+            for seed in seed_list:
+                out = Path(tmp) / f"variant-{len(runs)}-seed{seed}"
+                run = compress(recipe_file, out=out, overrides={**overrides, **teacher, key: value, "seed": seed})
+                runs[kind].append(out)
+                test[kind].append(student_test_score(run.report, primary))
         val = val_scores(recipe, Path(tmp) / "distilled",
                          {kind: [d / "distill" / "model.pt" for d in ds] for kind, ds in runs.items()})
     by = {(r["model"], r["format"], r["precision"]): r for r in table}
@@ -112,10 +137,15 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
     students = {kind: {"seeds": seed_list, "val": mean_sd(val[kind]), "test": mean_sd(test[kind])} for kind in val}
     gap = {split: students["distilled"][split]["mean"] - students["labels_only"][split]["mean"]
            for split in ("val", "test")}
+    given = [f"{k}={v}" for k, v in args.variants]
+    # the recipe's distillation against each variant: the recipe's setting is the better one where val_gap > 0
+    against = {kind: {f"{split}_gap": students["distilled"][split]["mean"] - students[kind][split]["mean"]
+                      for split in ("val", "test")} for kind in students if kind.startswith("distilled, ")}
     result = {
         "benchmark": benchmark,
         "command": f"python benchmarks/{benchmark}.py" + (" --tiny" if args.tiny else "")
-        + (f" --seeds {args.seeds}" if args.seeds != seeds else ""),
+        + (f" --seeds {args.seeds}" if args.seeds != seeds else "")
+        + ("".join(f" --variant {v}" for v in given) if given != list(variants) else ""),
         "recipe": recipe,
         "environment": environment(),
         "decision_split": full.report.get("decision_split"),
@@ -123,6 +153,7 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
         "stage_wall_s": {k: v.get("wall_s") for k, v in full.report["stages"].items()},
         "eval_images": full.report["models"][0]["eval_samples"],
         "students": students,
+        "recipe_distillation_minus_variant": against,
         "checks": {
             **{f"distilled_minus_labels_only_{k}": distilled[k] - plain_row[k] for k in metrics},
             **{f"distilled_minus_labels_only_mean_{split}": d for split, d in gap.items()},

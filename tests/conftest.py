@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,13 +32,35 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subpro
                           cwd=cwd or REPO, timeout=timeout)
 
 
+def once_per_session(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder that `make` fills once per test session; under pytest-xdist the first worker to ask makes it and
+    the others wait for it (tests only read it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():  # not made yet, or a worker failed to make it: (re)make it
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _run_quickstart(folder: Path) -> None:
+    proc = run_cli("compress", str(QUICKSTART), "--out", str(folder / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory) -> Path:
     """The full quickstart recipe, run once per session (about a minute on 2 cores)."""
-    out = tmp_path_factory.mktemp("quickstart") / "run"
-    proc = run_cli("compress", str(QUICKSTART), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return once_per_session(tmp_path_factory, "quickstart", _run_quickstart) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +104,13 @@ def needs_shared(*paths: Path) -> None:
 @pytest.fixture(scope="session")
 def cifar_small(tmp_path_factory) -> Path:
     """A real CIFAR-10 image folder: the first 40 train and 30 test JPEGs per class of the shared archive."""
+    needs_shared(CIFAR_ARCHIVE)
+    return once_per_session(tmp_path_factory, "cifar_small", _extract_cifar_small) / "cifar10"
+
+
+def _extract_cifar_small(root: Path) -> None:
     import tarfile
 
-    needs_shared(CIFAR_ARCHIVE)
-    root = tmp_path_factory.mktemp("cifar_small")
     counts: dict[tuple[str, str], int] = {}
     with tarfile.open(CIFAR_ARCHIVE) as tar:
         for m in tar:
@@ -93,7 +121,6 @@ def cifar_small(tmp_path_factory) -> Path:
             if counts.get((split, cls), 0) < (40 if split == "train" else 30):
                 counts[(split, cls)] = counts.get((split, cls), 0) + 1
                 tar.extract(m, root, filter="data")
-    return root / "cifar10"
 
 
 # ---- a real OpenSSH server on 127.0.0.1 (deploy tests) ---------------------------------------------
@@ -135,7 +162,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 (own host key, user key, config, authorized_keys); ~/.ssh is untouched."""
-    import shutil
     import socket
     import time
 

@@ -84,3 +84,24 @@ def test_cli_routes_other_libraries_python_output_to_the_log(tmp_path):
     assert proc.stdout == "edgecnn's own line\n" and proc.stderr == "error: one line\n"
     log = (tmp_path / "native.log").read_text()
     assert "W1201" in log and "Statistics collection" in log and "a library warning" in log
+
+
+def test_qat_keeps_torchao_import_chatter_off_the_terminal(tmp_path):
+    """Importing torchao (or litert_torch) logs a torch deprecation warning ('W1201 ... _pytree.py:630]'); API users
+    running QAT in their own process must not see it."""
+    code = textwrap.dedent("""
+        from edgecnn.compression.qat import train_qat
+        from edgecnn.config.recipe import QatConfig
+        from edgecnn.data.datasets import load_data
+        from edgecnn.models.files import ModelInfo, build_model
+        data = load_data("mnist5k", 0.1)
+        data.train = data.train.head(64)
+        model = build_model(ModelInfo("lenet_small", {}, 10, (1, 28, 28)))
+        result = train_qat(model, data, QatConfig(enabled=True, epochs=1, batch_size=32), seed=0, augment="none")
+        assert len(result.history) == 1
+    """)
+    env = {**os.environ, "EDGECNN_CACHE": str(tmp_path)}
+    env.pop("EDGECNN_VERBOSE", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and proc.stdout == "", (proc.stdout, proc.stderr)

@@ -7,10 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from filelock import FileLock
 
 from edgecnn.devices.profiles import EmulatedTransport, get_profile
 from edgecnn.runtime.host import AGENT_PATH
@@ -25,9 +27,10 @@ def rpi_emu() -> EmulatedTransport:
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
         pytest.skip("building the ARM64 userland needs apt-get and dpkg (a Debian/Ubuntu host)")
     env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
-    proc = subprocess.run(  # returns at once when the cached userland is up to date
-        ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
-    )
+    with FileLock(str(Path(tempfile.gettempdir()) / f"edgecnn-rpi-emu-build-{os.getuid()}.lock")):  # xdist workers
+        proc = subprocess.run(  # returns at once when the cached userland is up to date
+            ["bash", str(REPO / "devices" / "build_rpi_emu.sh")], capture_output=True, text=True, env=env, timeout=900
+        )
     if proc.returncode != 0:  # the last line that is not one of pip's warnings says why
         why = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("WARNING")] or ["?"]
         pytest.skip(f"could not build the ARM64 userland (bash devices/build_rpi_emu.sh): {why[-1][:200]}")

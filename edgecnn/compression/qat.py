@@ -89,8 +89,9 @@ def train_qat(
     head: dict | None = None,
 ) -> QatResult:
     """Fine-tune `model` (not modified) under fake int8 quantization for cfg.epochs epochs, on `task`'s losses."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    with quiet_libraries():  # importing torchao logs a torch deprecation warning
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     task = task or get_task()
     head = head if head is not None else task.head_spec(model, data)

@@ -88,9 +88,10 @@ def float_inputs(prepared: nn.Module, float_layers: Sequence[str]) -> None:
 
 def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, ...], path: Path, io: str) -> None:
     """Convert a calibrated (or QAT-trained) PT2E graph to a full-integer .tflite with `io` tensors."""
-    import litert_torch
-    from litert_torch.quantize import quant_config
-    from torchao.quantization.pt2e import quantize_pt2e
+    with quiet_libraries():  # importing litert_torch or torchao logs a torch deprecation warning
+        import litert_torch
+        from litert_torch.quantize import quant_config
+        from torchao.quantization.pt2e import quantize_pt2e
 
     from edgecnn.compression.tflite_io import float_io
 
@@ -117,11 +118,11 @@ def quantize_tflite(
     `io` is the type of the input and output tensors: int8 (litert-torch's own) or float; the modules
     in `float_layers` stay in float (a mixed-precision file).
     """
-    from torchao.quantization.pt2e import quantize_pt2e
-
     example = (torch.zeros(1, *input_shape),)
     try:
         with quiet_libraries():
+            from torchao.quantization.pt2e import quantize_pt2e  # its import logs a torch deprecation warning
+
             exported = torch.export.export(for_export(model), example).module()
             quantizer = tflite_quantizer(per_channel, float_layers=float_layers)
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
