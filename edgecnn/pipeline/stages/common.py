@@ -39,6 +39,8 @@ def load_stage_model(ctx: Context, stage: str) -> tuple[nn.Module, ModelInfo | N
 
 DECISION_SPLIT = "val"
 """The split every choice is scored on (int8 candidate, accuracy and parity gates, QAT, deploy)."""
+SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}
+"""The file suffix of each deploy format (an OpenVINO IR's .bin travels with its .xml)."""
 
 
 def eval_split(ctx: Context) -> Split:

@@ -35,10 +35,9 @@ from edgecnn.compression.sensitivity import onnx_sensitivity
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import log
 from edgecnn.data.datasets import Split
-from edgecnn.pipeline.stages.common import DECISION_SPLIT
+from edgecnn.pipeline.stages.common import DECISION_SPLIT, SUFFIX
 
 MIXED_FORMATS = ("onnx", "tflite", "openvino")
-SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}
 MOST_SENSITIVE = 5  # layers named in the stage summary and report.md
 SENSITIVITY_IMAGES = 1000  # validation images each layer's int8 file is scored on (one ORT pass per layer)
 

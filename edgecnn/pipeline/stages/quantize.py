@@ -43,7 +43,14 @@ from edgecnn.core.console import quiet_libraries
 from edgecnn.core.progress import log
 from edgecnn.data.datasets import Split
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import DECISION_SPLIT, decision_split, eval_split, load_stage_model, score_fields
+from edgecnn.pipeline.stages.common import (
+    DECISION_SPLIT,
+    SUFFIX,
+    decision_split,
+    eval_split,
+    load_stage_model,
+    score_fields,
+)
 from edgecnn.pipeline.stages.export import gate
 from edgecnn.pipeline.stages.mixed import MIXED_FORMATS, MixedPrecision
 from edgecnn.pipeline.stages.naming import model_name
@@ -52,7 +59,6 @@ from edgecnn.runtime.host import parity, write_eval_npz
 from edgecnn.runtime.int8_proof import proof_fields
 from edgecnn.tasks.base import raw_outputs
 
-SUFFIX = {"onnx": "onnx", "tflite": "tflite", "openvino": "xml"}  # an IR's .bin travels with its .xml
 SUFFIX_FORMAT = {v: k for k, v in SUFFIX.items()}
 
 
