@@ -136,6 +136,8 @@ def main() -> None:
         "benchmark": "cifar10_kd",
         "command": command,
         "limits": {"train_images": args.train_images, "eval_images": args.eval_images},
+        "decision_split": None,  # no choice is made: both students train for fixed epochs; figures on test
+        "figures_split": "test",
         "environment": environment(),
         "data": {**data.describe(), "load_s": round(time.perf_counter() - t0, 2)},
     }

@@ -159,6 +159,8 @@ def main() -> None:
                    f"--lr {args.lr} --macs-reduction {args.macs_reduction} --round-to {args.round_to} "
                    f"--seed {args.seed} --train-images {args.train_images}",
         "limits": {"train_images": len(data.train), "eval_images": len(data.test)},
+        "decision_split": None,  # no choice is made from data (the ratio search counts MACs); figures on test
+        "figures_split": "test",
         "environment": environment(),
         "unpruned": {"model": "shared/models/cifar_resnet.py:CifarResNet(depth=56)", "macs": macs0,
                      "params": params0, "accuracy": acc0},
