@@ -23,7 +23,7 @@ unit 0 x1000, fc2's weights from it /1000: the same fp32 function, but per-tenso
 activation zeroes the others), budget 1 point. `resnet56`: the user's ResNet-56 from ../shared/models
 on CIFAR-10 (an image folder, --data), per-tensor int8 weights and a 0.2-point budget; by default with
 8-bit weights (`--reduce-range false`): ONNX Runtime's u8 x s8 kernels saturate on x86 CPUs without
-VNNI (benchmarks/onnx_reduce_range.json: -1.17 points), the miss mixed precision is for. With
+VNNI (benchmarks/onnx_reduce_range.json: -1.10 points), the miss mixed precision is for. With
 `--reduce-range auto` (7-bit weights there) full int8 met the budget on an AMD EPYC (val 0.9458).
 """
 
