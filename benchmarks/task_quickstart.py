@@ -115,20 +115,20 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
         test = {"distilled": [student_test_score(full.report, primary)],
                 "labels_only": [student_test_score(plain.report, primary)]}
         seed_list = [recipe["seed"] + i for i in range(args.seeds)]
+
+        def add_student(kind: str, extra: dict, seed: int) -> None:
+            """One more student of `kind` (the recipe with `extra`) at `seed`: its run folder and test score."""
+            out = Path(tmp) / f"student-{sum(map(len, runs.values()))}-seed{seed}"
+            run = compress(recipe_file, out=out, overrides={**overrides, **teacher, **extra, "seed": seed})
+            runs.setdefault(kind, []).append(out)
+            test.setdefault(kind, []).append(student_test_score(run.report, primary))
+
         for seed in seed_list[1:]:  # the same two students from other initialisations and batch orders
-            for kind, extra in (("distilled", {}), ("labels_only", labels_only)):
-                out = Path(tmp) / f"{kind}-seed{seed}"
-                run = compress(recipe_file, out=out, overrides={**overrides, **teacher, **extra, "seed": seed})
-                runs[kind].append(out)
-                test[kind].append(student_test_score(run.report, primary))
+            add_student("distilled", {}, seed)
+            add_student("labels_only", labels_only, seed)
         for key, value in args.variants:  # distilled students that differ from the recipe's in one key
-            kind = f"distilled, {key}={value}"
-            runs[kind], test[kind] = [], []
             for seed in seed_list:
-                out = Path(tmp) / f"variant-{len(runs)}-seed{seed}"
-                run = compress(recipe_file, out=out, overrides={**overrides, **teacher, key: value, "seed": seed})
-                runs[kind].append(out)
-                test[kind].append(student_test_score(run.report, primary))
+                add_student(f"distilled, {key}={value}", {key: value}, seed)
         val = val_scores(recipe, Path(tmp) / "distilled",
                          {kind: [d / "distill" / "model.pt" for d in ds] for kind, ds in runs.items()})
     by = {(r["model"], r["format"], r["precision"]): r for r in table}
