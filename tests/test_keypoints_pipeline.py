@@ -23,6 +23,8 @@ from edgecnn.config.recipe import recipe_from_dict
 from edgecnn.core.errors import UserError
 from edgecnn.devices.deploy import Batch
 from edgecnn.pipeline.context import Context
+from edgecnn.pipeline.stages.distill import DistillStage
+from edgecnn.pipeline.stages.prune import PruneStage
 from edgecnn.pipeline.stages.teacher import TeacherStage
 from edgecnn.runtime.host import AGENT_PATH, agent_scores, run_agent_local, runtime_outputs, write_eval_npz
 from edgecnn.tasks.base import raw_outputs
@@ -141,3 +143,16 @@ def test_the_quickstart_recipe_is_valid(tmp_path):
     raw = yaml.safe_load((REPO / "recipes" / "keypoints_quickstart.yaml").read_text())
     recipe = recipe_from_dict(raw, Path(REPO / "recipes"))
     assert recipe.task == "keypoints" and recipe.student.model == "pose_mobile" and recipe.distill.alpha == 0.5
+
+
+def test_a_keypoints_only_field_is_in_the_keys_of_keypoints_stages_only(tmp_path):
+    """distill.peak_weight redoes keypoints distillation and pruning, never a classification stage."""
+    def configs(task: str, weight: float) -> list:
+        spec = "mnist-keypoints" if task == "keypoints" else "mnist5k"
+        recipe = recipe_from_dict({"task": task, "data": spec, "student": {"model": "lenet"}, "prune": {},
+                                   "distill": {"peak_weight": weight}}, tmp_path)
+        return [stage.config(recipe) for stage in (DistillStage(), PruneStage())]
+
+    assert configs("classification", 0.0) == configs("classification", 10.0)
+    assert all("peak_weight" not in c["distill"] for c in configs("classification", 0.0))
+    assert all(a != b for a, b in zip(configs("keypoints", 0.0), configs("keypoints", 10.0), strict=True))

@@ -92,7 +92,8 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss")
     feature_loss: Literal["none", "attention", "hints"] = "none"
     feature_weight: float | None = Field(None, ge=0, description="None: the loss's usual weight (1000 / 1)")
-    peak_weight: float = Field(10.0, ge=0, le=1000, description="keypoints: a cell weighs 1 + this x the teacher's "
+    peak_weight: float = Field(10.0, ge=0, le=1000, json_schema_extra={"tasks": ["keypoints"]},
+                               description="keypoints: a cell weighs 1 + this x the teacher's "
                                "heatmap value in the distillation loss (0: plain MSE)")
 
 
@@ -382,3 +383,16 @@ def recipe_from_dict(raw: dict, base: Path, overrides: Overrides = (), source: s
 def recipe_dict(recipe: Recipe) -> dict:
     """The resolved recipe as plain JSON-able data (for reports and stage hashes)."""
     return recipe.model_dump(mode="json")
+
+
+def section_for_task(section: BaseModel, task: str) -> dict:
+    """A section as JSON-able data without the fields of other tasks (`json_schema_extra={"tasks": [...]}`).
+
+    Stage keys hash this, so a keypoints-only field never redoes a classification stage.
+    """
+    data = section.model_dump(mode="json")
+    for name, field in type(section).model_fields.items():
+        tasks = (field.json_schema_extra or {}).get("tasks") if isinstance(field.json_schema_extra, dict) else None
+        if tasks is not None and task not in tasks:
+            data.pop(name, None)
+    return data

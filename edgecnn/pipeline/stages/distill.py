@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecnn.compression.train import fit
-from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.config.recipe import Recipe, recipe_dict, section_for_task
 from edgecnn.models.files import build_model, load_weights, save_model
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import file_fingerprint, load_stage_model, measure_torch
@@ -24,7 +24,7 @@ class DistillStage(Stage):
         r = recipe_dict(recipe)
         return {
             "student": r["student"],
-            "distill": r["distill"],
+            "distill": section_for_task(recipe.distill, recipe.task),
             "train": r["train"],
             "files": [file_fingerprint(recipe.student.model), file_fingerprint(recipe.student.weights)],
         }

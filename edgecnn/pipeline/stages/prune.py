@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from edgecnn.compression.pruning import ChannelPruner, group_multiple, kept_layers, latency_timer, pruning_mode
 from edgecnn.compression.train import fit
-from edgecnn.config.recipe import DistillConfig, PruneConfig, Recipe, recipe_dict
+from edgecnn.config.recipe import DistillConfig, PruneConfig, Recipe, recipe_dict, section_for_task
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import log
 from edgecnn.data.datasets import batches
@@ -209,8 +209,7 @@ class PruneStage(Stage):
         return recipe.prune is not None
 
     def config(self, recipe: Recipe) -> dict:
-        r = recipe_dict(recipe)
-        return {"prune": r["prune"], "distill": r["distill"]}
+        return {"prune": recipe_dict(recipe)["prune"], "distill": section_for_task(recipe.distill, recipe.task)}
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.prune
