@@ -156,3 +156,5 @@ def test_a_keypoints_only_field_is_in_the_keys_of_keypoints_stages_only(tmp_path
     assert configs("classification", 0.0) == configs("classification", 10.0)
     assert all("peak_weight" not in c["distill"] for c in configs("classification", 0.0))
     assert all(a != b for a, b in zip(configs("keypoints", 0.0), configs("keypoints", 10.0), strict=True))
+    no_distill = recipe_from_dict({"data": "mnist5k", "distill": None, "prune": {}}, tmp_path)
+    assert PruneStage().config(no_distill)["distill"] is None

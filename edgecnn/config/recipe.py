@@ -385,11 +385,13 @@ def recipe_dict(recipe: Recipe) -> dict:
     return recipe.model_dump(mode="json")
 
 
-def section_for_task(section: BaseModel, task: str) -> dict:
+def section_for_task(section: BaseModel | None, task: str) -> dict | None:
     """A section as JSON-able data without the fields of other tasks (`json_schema_extra={"tasks": [...]}`).
 
     Stage keys hash this, so a keypoints-only field never redoes a classification stage.
     """
+    if section is None:
+        return None
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
         tasks = (field.json_schema_extra or {}).get("tasks") if isinstance(field.json_schema_extra, dict) else None
