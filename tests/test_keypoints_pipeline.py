@@ -146,7 +146,8 @@ def test_the_quickstart_recipe_is_valid(tmp_path):
 
 
 def test_a_keypoints_only_field_is_in_the_keys_of_keypoints_stages_only(tmp_path):
-    """distill.peak_weight redoes keypoints distillation and pruning, never a classification stage."""
+    """distill.peak_weight redoes keypoints distillation and pruning, never a classification stage (and the
+    temperature, which heatmap distillation does not read, is out of keypoints stages' keys)."""
     def configs(task: str, weight: float) -> list:
         spec = "mnist-keypoints" if task == "keypoints" else "mnist5k"
         recipe = recipe_from_dict({"task": task, "data": spec, "student": {"model": "lenet"}, "prune": {},
@@ -155,6 +156,7 @@ def test_a_keypoints_only_field_is_in_the_keys_of_keypoints_stages_only(tmp_path
 
     assert configs("classification", 0.0) == configs("classification", 10.0)
     assert all("peak_weight" not in c["distill"] for c in configs("classification", 0.0))
+    assert all("temperature" not in c["distill"] for c in configs("keypoints", 0.0))  # heatmaps have none
     assert all(a != b for a, b in zip(configs("keypoints", 0.0), configs("keypoints", 10.0), strict=True))
     no_distill = recipe_from_dict({"data": "mnist5k", "distill": None, "prune": {}}, tmp_path)
     assert PruneStage().config(no_distill)["distill"] is None

@@ -88,7 +88,8 @@ class StudentConfig(ModelSpec):
 
 class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=0, le=10_000)
-    temperature: float = Field(4.0, gt=0, le=100)
+    temperature: float = Field(4.0, gt=0, le=100, json_schema_extra={"tasks": ["classification", "detection"]},
+                               description="softens the logits (heatmap distillation has none)")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss")
     feature_loss: Literal["none", "attention", "hints"] = "none"
     feature_weight: float | None = Field(None, ge=0, description="None: the loss's usual weight (1000 / 1)")
