@@ -93,7 +93,7 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss")
     feature_loss: Literal["none", "attention", "hints"] = "none"
     feature_weight: float | None = Field(None, ge=0, description="None: the loss's usual weight (1000 / 1)")
-    peak_weight: float = Field(10.0, ge=0, le=1000, json_schema_extra={"tasks": ["keypoints"]},
+    peak_weight: float = Field(0.0, ge=0, le=1000, json_schema_extra={"tasks": ["keypoints"]},
                                description="keypoints: a cell weighs 1 + this x the teacher's "
                                "heatmap value in the distillation loss (0: plain MSE)")
 

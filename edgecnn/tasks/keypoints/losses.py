@@ -9,11 +9,11 @@ map is not trained), as in SimpleBaseline (Xiao et al. 2018).
 Distillation: the student's heatmaps follow the teacher's (squared error over every map and cell:
 the teacher also speaks for unlabelled keypoints), mixed with the label loss as
 alpha * distillation + (1 - alpha) * labels. Most cells of a heatmap are background, so a plain
-mean lets them drown the peaks that decoding reads: each cell weighs 1 + peak_weight x the
-teacher's value there (clipped to [0, 1]), a weighted mean (peak_weight 0: plain MSE).
-benchmarks/keypoints.json compares the two on the quickstart at 3 seeds; there they are within
-seed noise of each other. Heatmaps are regression targets, not distributions, so the temperature
-plays no part.
+mean may drown the peaks that decoding reads: with `peak_weight` > 0 each cell weighs
+1 + peak_weight x the teacher's value there (clipped to [0, 1]), a weighted mean. The default is
+0 (plain MSE, as in Fast Pose Distillation, Zhang et al. 2019): benchmarks/keypoints.json compares
+the two on the quickstart at 3 seeds, where plain MSE scored higher on validation, within seed
+noise. Heatmaps are regression targets, not distributions, so the temperature plays no part.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def heatmap_loss(out: torch.Tensor, targets: torch.Tensor, head: dict) -> torch.
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, head: dict,
-                      alpha: float, peak_weight: float = 10.0) -> torch.Tensor:
+                      alpha: float, peak_weight: float = 0.0) -> torch.Tensor:
     """alpha * peak-weighted MSE(student heatmaps, teacher heatmaps) + (1 - alpha) * the label loss."""
     _check(student, head)
     if teacher.shape != student.shape:
