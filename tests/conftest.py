@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,69 +52,15 @@ def once_per_session(tmp_path_factory, name: str, make: Callable[[Path], None]) 
     return folder
 
 
-def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder every worker of this test session shares (the basetemp itself without pytest-xdist)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-def start_in_background(root: Path, name: str, argv: list[str], env: dict[str, str]) -> None:
-    """Start `argv` once per test session, in the background (the first worker to ask starts it).
-
-    The command's output goes to ROOT/NAME.log and its exit code to ROOT/NAME.rc when it ends;
-    `wait_for_background` waits for that.
-    """
-    from filelock import FileLock
-
-    with FileLock(str(root / f"{name}.lock")):
-        started = root / f"{name}.started"
-        if started.exists():
-            return
-        rc = root / f"{name}.rc"
-        wrapper = ("import os, subprocess, sys; rc = subprocess.run(sys.argv[2:]).returncode; "
-                   "open(sys.argv[1] + '.tmp', 'w').write(str(rc)); os.replace(sys.argv[1] + '.tmp', sys.argv[1])")
-        with open(root / f"{name}.log", "wb") as log:
-            subprocess.Popen([sys.executable, "-c", wrapper, str(rc), *argv], stdout=log, stderr=subprocess.STDOUT,
-                             cwd=REPO, env=env, start_new_session=True)
-        started.touch()
-
-
-def wait_for_background(root: Path, name: str, timeout: float = 1800) -> None:
-    """Wait until the background command NAME has ended; fail with its output's tail unless it succeeded."""
-    rc, deadline = root / f"{name}.rc", time.monotonic() + timeout
-    while not rc.exists():
-        assert time.monotonic() < deadline, f"{name} did not finish in {timeout:.0f} s"
-        time.sleep(0.5)
-    log = (root / f"{name}.log").read_text(errors="replace")
-    assert rc.read_text() == "0", log[-3000:]
-
-
-def _start_quickstart(root: Path) -> None:
-    (root / "quickstart").mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "edgecnn", "compress", str(QUICKSTART), "--out", str(root / "quickstart" / "run")]
-    start_in_background(root, "quickstart", argv, {**os.environ, "EDGECNN_CACHE": str(root / "quickstart-cache")})
-
-
-@pytest.hookimpl(trylast=True)  # after -m / -k have deselected
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the quickstart now, in the background, and move the files that read it last, so no test waits for it."""
-    users = {item.path for item in items if "quickstart_run" in item.fixturenames}
-    if not users or config.option.collectonly:
-        return
-    # stable, so a file's tests keep their order, and the same in every worker; within each group the files
-    # with most tests first, as xdist's own reordering (turned off in pyproject's addopts) would
-    count = Counter(item.path for item in items)
-    items.sort(key=lambda item: (item.path in users, -count[item.path]))
-    _start_quickstart(session_root(config._tmp_path_factory))  # pytest's own factory: no fixtures yet
+def _run_quickstart(folder: Path) -> None:
+    proc = run_cli("compress", str(QUICKSTART), "--out", str(folder / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory) -> Path:
-    """The full quickstart recipe, run once per session (a minute and a half on 2 cores), started at collection."""
-    root = session_root(tmp_path_factory)
-    _start_quickstart(root)  # a no-op: collection started it
-    wait_for_background(root, "quickstart")
-    return root / "quickstart" / "run"
+    """The full quickstart recipe, run once per session (about a minute on 2 cores)."""
+    return once_per_session(tmp_path_factory, "quickstart", _run_quickstart) / "run"
 
 
 @pytest.fixture(scope="session")

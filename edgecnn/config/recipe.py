@@ -395,7 +395,8 @@ def section_for_task(section: BaseModel | None, task: str) -> dict | None:
         return None
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
-        tasks = (field.json_schema_extra or {}).get("tasks") if isinstance(field.json_schema_extra, dict) else None
+        extra = field.json_schema_extra
+        tasks = extra.get("tasks") if isinstance(extra, dict) else None
         if tasks is not None and task not in tasks:
             data.pop(name, None)
     return data
