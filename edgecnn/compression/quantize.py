@@ -7,7 +7,6 @@ A failing conversion raises UserError naming the operator and, where known, the 
 
 from __future__ import annotations
 
-import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch.nn as nn
 from edgecnn.compression.export import conversion_error, for_export
 from edgecnn.core.artifacts import atomic_path
 from edgecnn.core.console import quiet_libraries
+from edgecnn.core.environment import cpu_flags, is_x86
 
 
 def tflite_quantizer(per_channel: bool = True, qat: bool = False, float_layers: Sequence[str] = ()):
@@ -157,13 +157,7 @@ class _CalibReader:
 
 def x86_without_vnni() -> bool:
     """True on an x86 CPU whose int8 dot products lack VNNI (u8s8 products can saturate there)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    return is_x86() and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
 
 
 def resolve_reduce_range(setting: str, activation: str, weight: str) -> bool:

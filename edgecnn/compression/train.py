@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.config.recipe import DistillConfig, TrainConfig
+from edgecnn.core.environment import cpu_flags, is_x86
 from edgecnn.core.errors import UserError
 from edgecnn.core.progress import progress_bar
 from edgecnn.data.datasets import Dataset, Split, batches
@@ -31,7 +32,13 @@ from edgecnn.tasks.registry import get_task
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX on x86).
+
+    oneDNN also says yes on x86 CPUs with plain AVX-512 (an Intel Xeon without BF16 or AMX), where it
+    emulates bf16: slower than fp32 there, so on x86 the CPU's own flags decide.
+    """
+    if is_x86():
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
