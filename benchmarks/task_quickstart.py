@@ -85,9 +85,9 @@ def parse_variant(text: str) -> tuple[str, object]:
 
 
 def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, seeds: int = 1,
-         variants: tuple[str, ...] = ()) -> None:
+         variants: tuple[str, ...] = (), data: dict | None = None) -> None:
     """Run both recipes (students at `seeds` seeds, plus distilled `variants`), print the table and (unless --tiny)
-    write the JSON."""
+    write the JSON. `data`: recipe overrides every run takes (another data set than the recipe's)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
     ap.add_argument("--seeds", type=int, default=seeds, help="seeds of the two students (the first is the recipe's)")
@@ -96,7 +96,7 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
     ap.add_argument("--out", type=Path, default=HERE / f"{benchmark}.json")
     args = ap.parse_args()
     args.variants = args.variants if args.variants is not None else [parse_variant(v) for v in variants]
-    overrides = dict(TINY) if args.tiny else {}
+    overrides = {**(data or {}), **(TINY if args.tiny else {})}
     primary = metrics[0]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -5,11 +5,10 @@ written, deployed and counted (`size_bytes`) together. IRs have a static batch o
 .tflite files. The inference precision a float file asks for (f32, bf16, f16: OpenVINO's
 INFERENCE_PRECISION_HINT) is stored in its rt_info under `edgecnn/inference_precision`; the agent
 reads it, compiles the model with it and reports the precision OpenVINO actually ran (a CPU
-without bf16 runs a bf16 file in f32, or, with AVX-512, in emulated bf16: 3.2x slower than f32
-for the ResNet-56 on an Intel Xeon without BF16, so bf16 candidates are made only where the CPU
-lists BF16). An fp16 file also stores its weights in fp16. An int8 file asks for none: its
-unquantized layers run at the device's default (bf16 on AMX CPUs, as NNCF +
-OpenVINO users get it).
+without bf16 runs a bf16 file in f32, or, with AVX-512, in emulated bf16, slower than f32: so
+bf16 candidates are made only where the CPU lists BF16). An fp16 file also stores its weights in
+fp16. An int8 file asks for none: its unquantized layers run at the device's default (bf16 on AMX
+CPUs, as NNCF + OpenVINO users get it).
 
 Telemetry: openvino and nncf send usage events to Google Analytics unless opted out; edgecnn
 never sends anything, so `import_openvino` blocks the `openvino_telemetry` module before the first
