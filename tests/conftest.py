@@ -26,6 +26,25 @@ def _session_cache(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _workers_share_the_cores():
+    """Under pytest-xdist the workers share the cores: each worker, and every CLI run it starts, computes on
+    cores // workers threads, so two workers' trainings do not oversubscribe a 2-core machine."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        yield
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    patch, before = pytest.MonkeyPatch(), torch.get_num_threads()
+    patch.setenv("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(before)
+    patch.undo()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `python -m edgecnn ARGS` in a fresh process and capture its output."""
     return subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True, text=True,
