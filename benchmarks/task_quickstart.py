@@ -85,9 +85,10 @@ def parse_variant(text: str) -> tuple[str, object]:
 
 
 def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, seeds: int = 1,
-         variants: tuple[str, ...] = (), data: dict | None = None) -> None:
+         variants: tuple[str, ...] = (), data: dict | None = None, options: str = "") -> None:
     """Run both recipes (students at `seeds` seeds, plus distilled `variants`), print the table and (unless --tiny)
-    write the JSON. `data`: recipe overrides every run takes (another data set than the recipe's)."""
+    write the JSON. `data`: recipe overrides every run takes (another data set than the recipe's); `options`: the
+    calling script's own command-line options, for the JSON's command."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a quick check that the script runs (results not kept)")
     ap.add_argument("--seeds", type=int, default=seeds, help="seeds of the two students (the first is the recipe's)")
@@ -143,10 +144,11 @@ def main(benchmark: str, recipe_file: Path, metrics: tuple[str, ...], doc: str, 
                       for split in ("val", "test")} for kind in students if kind.startswith("distilled, ")}
     result = {
         "benchmark": benchmark,
-        "command": f"python benchmarks/{benchmark}.py" + (" --tiny" if args.tiny else "")
+        "command": f"python benchmarks/{benchmark}.py" + options + (" --tiny" if args.tiny else "")
         + (f" --seeds {args.seeds}" if args.seeds != seeds else "")
         + ("".join(f" --variant {v}" for v in given) if given != list(variants) else ""),
         "recipe": recipe,
+        "data_overrides": data,
         "environment": environment(),
         "decision_split": full.report.get("decision_split"),
         "compress_wall_s": round(wall, 1),
