@@ -91,3 +91,12 @@ def test_reported_accuracy_reproduces_in_the_runtime(quickstart_run, quickstart_
     reported = [m for m in quickstart_report["models"] if m["path"] == rel][0]
     assert acc == pytest.approx(reported["accuracy"], abs=1e-9)
     assert np.isfinite(logits).all()
+
+
+def test_report_states_what_pruning_bought(quickstart_run, quickstart_report):
+    p = quickstart_report["pruning"]
+    assert p["macs_after"] < p["macs_before"] and p["params_after"] < p["params_before"]
+    assert p["latency_while_pruning"]["p50_ms_before"] > 0 and p["latency_while_pruning"]["p50_ms_after"] > 0
+    bench = p["latency_bench"]
+    assert bench["format"] == "pytorch" and bench["speedup"] == bench["unpruned_p50_ms"] / bench["pruned_p50_ms"]
+    assert f"({p['macs_reduction']:.2f}x fewer)" in (quickstart_run / "report.md").read_text()
