@@ -59,6 +59,7 @@ def main() -> None:
         for p in precisions if r % 2 == 0 else precisions[::-1]:
             rounds[p].append(round(images_per_second(model, opt, x, y, p, a.steps), 1))
     best = {p: max(v) for p, v in rounds.items()}
+    auto = autocast_for("auto", torch.device("cpu"))[1]
     out = {
         "benchmark": "train_precision",
         "command": "python benchmarks/train_precision.py",
@@ -70,12 +71,11 @@ def main() -> None:
         "lscpu": lscpu(),
         "onednn_offers_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "native_bf16": cpu_supports_bf16(),
-        "auto_picks": autocast_for("auto", torch.device("cpu"))[1],
+        "auto_picks": auto,
         "images_per_s_rounds": rounds,
         "images_per_s": best,
         "bf16_over_fp32": round(best["bf16"] / best["fp32"], 3),
-        "checks": {"auto_picks_the_faster": (autocast_for("auto", torch.device("cpu"))[1] == "bf16")
-                   == (best["bf16"] > best["fp32"])},
+        "checks": {"auto_picks_the_faster": (auto == "bf16") == (best["bf16"] > best["fp32"])},
     }
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("onednn_offers_bf16", "native_bf16", "auto_picks", "images_per_s",
