@@ -27,6 +27,7 @@ def cpu_name() -> str:
 
 
 def is_x86() -> bool:
+    """True on an x86 CPU (where /proc/cpuinfo's flags name AVX-512, VNNI, BF16 and AMX)."""
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
