@@ -427,6 +427,7 @@ def distill(
     alpha: float = 0.7,
     feature_loss: str = "none",
     feature_weight: float | None = None,
+    teacher_runtime: str = "auto",
     epochs: int = 5,
     lr: float | None = None,
     batch_size: int = 128,
@@ -437,8 +438,8 @@ def distill(
     """Distil a teacher into a smaller student (the distill stage) and save the student to `out`.
 
     `teacher` is a TorchScript or edgecnn model file, or file.py:Class / torchvision:NAME with
-    `teacher_weights`. Returns the distill stage's record, `teacher` (the teacher stage's record)
-    and `path`.
+    `teacher_weights`; `teacher_runtime` (auto, torch, openvino) is where the frozen teacher runs.
+    Returns the distill stage's record, `teacher` (the teacher stage's record) and `path`.
     """
     from edgecnn.compression.train import init_distributed
     from edgecnn.models.user import is_model_file, load_user_model
@@ -458,7 +459,8 @@ def distill(
         "teacher": {"model": teacher, "kwargs": _kwargs(teacher_kwargs, "teacher-kwargs"), "weights": weights},
         "student": {"model": student, "kwargs": _kwargs(student_kwargs, "student-kwargs")},
         "distill": {"epochs": epochs, "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
-                    "feature_loss": feature_loss, "feature_weight": feature_weight, **({"lr": lr} if lr else {})},
+                    "feature_loss": feature_loss, "feature_weight": feature_weight, "teacher_runtime": teacher_runtime,
+                    **({"lr": lr} if lr else {})},
     })
     distributed = init_distributed()
     with tempfile.TemporaryDirectory(prefix="edgecnn-distill-") as work:

@@ -192,18 +192,21 @@ def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed,
 @click.option("--alpha", type=float, default=0.7, show_default=True)
 @click.option("--feature-loss", type=click.Choice(["none", "attention", "hints"]), default="none", show_default=True)
 @click.option("--feature-weight", type=float, help="Weight of the feature loss (default: attention 1000, hints 1).")
+@click.option("--teacher-runtime", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+              help="Where the frozen teacher runs (auto: OpenVINO on a CPU where it stands in exactly).")
 @data_option
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def distill(
     teacher_spec, teacher_kwargs, teacher_weights, spec, student_kwargs, temperature, alpha, feature_loss,
-    feature_weight, data_spec, mean, std, epochs, lr, batch_size, seed, out,
+    feature_weight, teacher_runtime, data_spec, mean, std, epochs, lr, batch_size, seed, out,
 ):
     """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
     r = api.distill(
         teacher_spec, out, data_spec, student=spec, teacher_kwargs=teacher_kwargs, teacher_weights=teacher_weights,
         student_kwargs=student_kwargs, temperature=temperature, alpha=alpha, feature_loss=feature_loss,
-        feature_weight=feature_weight, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, mean=mean, std=std,
+        feature_weight=feature_weight, teacher_runtime=teacher_runtime, epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, mean=mean, std=std,
     )
     _print_trained(r, r["fit"]["history"])
 

@@ -5,7 +5,8 @@ mixed precision on GPUs, channels-last memory format, a one-cycle schedule, and 
 whole uint8 batches. Losses and batches are the task's (edgecnn.tasks: cross-entropy and Hinton's
 soft targets for classification; the detection losses for detectors), optionally plus a feature
 loss on maps of equal resolution: attention transfer (Zagoruyko & Komodakis) or FitNets hints
-(1x1-conv regressors trained jointly).
+(1x1-conv regressors trained jointly). The frozen teacher runs where `distill.teacher_runtime`
+says (edgecnn.compression.teacher_runtime: OpenVINO on CPUs where it stands in exactly).
 Under torchrun (WORLD_SIZE > 1) the loop wraps the model in DistributedDataParallel and gives
 each process its own shard of every epoch.
 """
@@ -22,6 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgecnn.compression.teacher_runtime import teacher_for_training
 from edgecnn.config.recipe import DistillConfig, TrainConfig
 from edgecnn.core.environment import cpu_flags, is_x86
 from edgecnn.core.errors import UserError
@@ -124,6 +126,7 @@ class FitResult:
     precision: str
     images_per_s: float
     history: list[dict]
+    teacher_runtime: dict | None = None  # distillation: {"runtime": torch | openvino, "reason": ...}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -163,13 +166,17 @@ class _Distiller:
     """The distillation loss of one batch: the task's loss toward the teacher plus an optional feature loss."""
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, kd: DistillConfig, probe: torch.Tensor, task: Task, head: dict
+        self, student: nn.Module, teacher: nn.Module, kd: DistillConfig, probe: torch.Tensor, task: Task, head: dict,
+        precision: str,
     ):
-        self.teacher, self.kd, self.task, self.head = teacher, kd, task, head
+        self.kd, self.task, self.head = kd, task, head
         self.kind = kd.feature_loss
         self.weight = kd.feature_weight if kd.feature_weight is not None else FEATURE_WEIGHTS.get(self.kind, 0.0)
         self.s_tap = self.t_tap = self.hints = None
-        if self.kind != "none" and self.weight > 0:
+        feature = self.kind != "none" and self.weight > 0
+        self.run = teacher_for_training(teacher, kd.teacher_runtime, probe=probe, device=probe.device,
+                                        precision=precision, feature_loss=feature)
+        if feature:
             self.s_tap, self.t_tap = FeatureTap(student), FeatureTap(teacher)
             with torch.no_grad():
                 was = student.training
@@ -191,7 +198,7 @@ class _Distiller:
 
     def loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_out = self.teacher(x)
+            t_out = self.run.forward(x)
         loss = self.task.distill_loss(out, t_out, y, self.head, self.kd)
         if self.s_tap is not None:
             s_f, t_f = self.s_tap.outputs, self.t_tap.outputs
@@ -247,7 +254,7 @@ def fit(
     torch.manual_seed(seed)
     distiller = None
     if kd is not None and teacher is not None:
-        distiller = _Distiller(model, teacher, kd, data.normalize(data.train.x[:2]).to(device), task, head)
+        distiller = _Distiller(model, teacher, kd, data.normalize(data.train.x[:2]).to(device), task, head, precision)
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -307,7 +314,8 @@ def fit(
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     if teacher is not None:  # the caller's teacher goes back as it came: on the CPU, NCHW
         _to_layout(teacher.to("cpu"), torch.contiguous_format)
-    return FitResult(cfg.epochs, precision, images * world / seconds if seconds else 0.0, history)
+    teacher_run = {"runtime": distiller.run.runtime, "reason": distiller.run.reason} if distiller else None
+    return FitResult(cfg.epochs, precision, images * world / seconds if seconds else 0.0, history, teacher_run)
 
 
 def _average_grads(params: list[nn.Parameter], world: int) -> None:

@@ -92,6 +92,9 @@ class DistillConfig(TrainConfig):
                                description="softens the logits (heatmap distillation has none)")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss")
     feature_loss: Literal["none", "attention", "hints"] = "none"
+    teacher_runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="where the frozen teacher runs; auto: OpenVINO on a CPU where it can stand in exactly "
+        "(a one-tensor output, no feature loss), else PyTorch")
     feature_weight: float | None = Field(None, ge=0, description="None: the loss's usual weight (1000 / 1)")
     peak_weight: float = Field(0.0, ge=0, le=1000, json_schema_extra={"tasks": ["keypoints"]},
                                description="keypoints: a cell weighs 1 + this x the teacher's "

@@ -60,6 +60,7 @@ class DistillStage(Stage):
                 "precision": res.precision,
                 "images_per_s": res.images_per_s,
                 "history": res.history,
+                **({"teacher_runtime": res.teacher_runtime} if res.teacher_runtime else {}),
             },
             **measure_torch(ctx, student),
         }

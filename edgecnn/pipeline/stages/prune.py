@@ -267,7 +267,8 @@ class PruneStage(Stage):
                 task=ctx.task,
             )
             macs, params = count_macs_params(model, shape)
-            history.append({"step": step + 1, "macs": macs, "params": params, "epochs": epochs, "history": res.history})
+            history.append({"step": step + 1, "macs": macs, "params": params, "epochs": epochs, "history": res.history,
+                            **({"teacher_runtime": res.teacher_runtime} if res.teacher_runtime else {})})
         model.eval()
         save_model(model, info, out / "model.pt")
         after = count_macs_params(model, shape)
