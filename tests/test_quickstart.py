@@ -100,3 +100,11 @@ def test_report_states_what_pruning_bought(quickstart_run, quickstart_report):
     bench = p["latency_bench"]
     assert bench["format"] == "pytorch" and bench["speedup"] == bench["unpruned_p50_ms"] / bench["pruned_p50_ms"]
     assert f"({p['macs_reduction']:.2f}x fewer)" in (quickstart_run / "report.md").read_text()
+
+
+def test_report_says_where_the_teacher_ran(quickstart_report):
+    """The quickstart's LeNet teacher (one tensor out, no feature loss) teaches from OpenVINO on the CPU."""
+    stages = quickstart_report["stages"]
+    runs = [stages["distill"]["fit"]["teacher_runtime"]] + [s["teacher_runtime"] for s in stages["prune"]["steps"]]
+    for run in runs:
+        assert run["runtime"] == "openvino" and "outputs within" in run["reason"], run

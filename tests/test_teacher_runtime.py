@@ -22,28 +22,25 @@ def _resnet(depth: int, width: int = 16, seed: int = 0) -> nn.Module:
     return build_model(ModelInfo(f"cifar_resnet{depth}", {"width": width}, 10, (3, 32, 32))).eval()
 
 
-class _TwoOutputs(nn.Module):
+class _Wrapped(nn.Module):
+    """A small ResNet whose output passes through `head(logits, input)`."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.body, self.head = _resnet(8, 8), head
+
+    def forward(self, x):
+        return self.head(self.body(x), x)
+
+
+def _two_outputs() -> nn.Module:
     """A detector-like teacher: its output is a tuple, not one tensor."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = _resnet(8, 8)
-
-    def forward(self, x):
-        y = self.body(x)
-        return y, y.softmax(1)
+    return _Wrapped(lambda y, x: (y, y.softmax(1))).eval()
 
 
-class _BatchOfOneSpecial(nn.Module):
+def _batch_of_one_special() -> nn.Module:
     """A teacher with a Python branch on the batch size: a traced graph keeps the branch it saw."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = _resnet(8, 8)
-
-    def forward(self, x):
-        y = self.body(x)
-        return y if x.shape[0] > 1 else y * 0
+    return _Wrapped(lambda y, x: y if x.shape[0] > 1 else y * 0).eval()
 
 
 def test_openvino_teacher_gives_the_teachers_logits_at_any_batch_size():
@@ -65,7 +62,7 @@ def test_auto_takes_openvino_only_where_it_stands_in_exactly():
     assert run.runtime == "openvino" and "f32 on CPU, outputs within" in run.reason
     run = teacher_for_training(_resnet(8), "auto", feature_loss=True, **kw)
     assert run.runtime == "torch" and "feature loss" in run.reason
-    run = teacher_for_training(_TwoOutputs().eval(), "auto", feature_loss=False, **kw)
+    run = teacher_for_training(_two_outputs(), "auto", feature_loss=False, **kw)
     assert run.runtime == "torch" and "tuple" in run.reason
     run = teacher_for_training(_resnet(8), "auto", feature_loss=False, **{**kw, "precision": "fp16"})
     assert run.runtime == "torch" and "fp16" in run.reason
@@ -77,15 +74,15 @@ def test_an_explicit_openvino_that_cannot_run_says_why():
     with pytest.raises(UserError, match=r"teacher_runtime: openvino cannot run this teacher: .*feature loss"):
         teacher_for_training(_resnet(8), "openvino", feature_loss=True, **kw)
     with pytest.raises(UserError, match=r"returns tuple, not one tensor; set it to auto or torch"):
-        teacher_for_training(_TwoOutputs().eval(), "openvino", feature_loss=False, **kw)
+        teacher_for_training(_two_outputs(), "openvino", feature_loss=False, **kw)
 
 
 def test_a_converted_teacher_that_computes_otherwise_is_not_used():
     kw = {"probe": torch.randn(2, 3, 32, 32), "device": CPU, "precision": "fp32", "feature_loss": False}
-    run = teacher_for_training(_BatchOfOneSpecial().eval(), "auto", **kw)
+    run = teacher_for_training(_batch_of_one_special(), "auto", **kw)
     assert run.runtime == "torch" and "output differs from PyTorch's" in run.reason
     with pytest.raises(UserError, match="output differs from PyTorch's"):
-        teacher_for_training(_BatchOfOneSpecial().eval(), "openvino", **kw)
+        teacher_for_training(_batch_of_one_special(), "openvino", **kw)
 
 
 def test_a_failed_conversion_falls_back_to_torch_under_auto(monkeypatch):
