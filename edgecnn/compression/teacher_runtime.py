@@ -1,9 +1,10 @@
 """Where the frozen teacher of a distillation runs: PyTorch, or OpenVINO on CPUs.
 
 Distilling on a CPU spends most of each step in the teacher's forward pass (the shared ResNet-56
-teacher: ~70% of a ResNet-8 student's step). The teacher never trains, so it can run in an
-inference runtime: OpenVINO runs it 1.8-1.9x faster than PyTorch eager at batch 128 on one or two
-threads, with logits within 4e-6 (`benchmarks/distill_teacher.json` measures whole epochs).
+teacher: about 70% of a ResNet-8 student's step). The teacher never trains, so it can run in an
+inference runtime: on a 2-core Intel Xeon OpenVINO ran it 1.66x faster than PyTorch eager at batch
+128, and whole distillation epochs 1.36x faster, with logits within 6.2e-6
+(`benchmarks/distill_teacher.json`).
 
 `teacher_runtime: auto` takes OpenVINO where it can stand in for the teacher exactly: on a CPU,
 for a teacher whose output is one tensor (classification logits, keypoint heatmaps), without a
