@@ -9,7 +9,8 @@ inference runtime: on a 2-core Intel Xeon OpenVINO ran it 1.66x faster than PyTo
 `teacher_runtime: auto` takes OpenVINO where it can stand in for the teacher exactly: on a CPU,
 for a teacher whose output is one tensor (classification logits, keypoint heatmaps), without a
 feature loss (those read the PyTorch teacher's inner maps through hooks); otherwise, and when the
-conversion fails, the teacher runs in PyTorch and the fit result says why.
+conversion fails or its outputs differ from PyTorch's, the teacher runs in PyTorch and the fit
+result says why.
 """
 
 from __future__ import annotations
