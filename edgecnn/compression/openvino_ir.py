@@ -54,6 +54,11 @@ def import_nncf():
     return nncf
 
 
+def first_line(e: Exception, limit: int = 200) -> str:
+    """The first line of an OpenVINO / NNCF error (its class name where the message is empty), cut at `limit`."""
+    return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:limit]
+
+
 def cpu_capabilities() -> list[str]:
     """OpenVINO's OPTIMIZATION_CAPABILITIES of this machine's CPU (e.g. FP32, BF16, FP16, INT8)."""
     ov = import_openvino()
@@ -108,7 +113,7 @@ def onnx_to_openvino(onnx_file: Path, xml: Path, input_shape: tuple[int, ...], p
             model = ov.convert_model(str(onnx_file), input=[1, *input_shape])
             _save(model, Path(xml), precision)
     except Exception as e:  # noqa: BLE001 - a converter failure is the model's
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        first = first_line(e)
         raise UserError(
             f"OpenVINO conversion of {onnx_file} failed ({first}); replace the layer it names or skip openvino "
             "in export.formats"
@@ -164,7 +169,7 @@ def quantize_openvino(
             )
             _save(quantized, Path(dst), None)  # int8 layers; the rest at the device's default precision
     except Exception as e:  # noqa: BLE001 - NNCF's failures are the model's
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        first = first_line(e)
         raise UserError(
             f"NNCF int8 quantization of {src} failed ({first}); set quantize.openvino.enabled: false to skip it"
         ) from None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecnn.compression.openvino_ir import import_openvino
+from edgecnn.compression.openvino_ir import first_line, import_openvino
 from edgecnn.core.console import quiet_libraries
 from edgecnn.core.errors import UserError
 
@@ -92,10 +92,9 @@ def teacher_for_training(
         try:
             ov_teacher = OpenVINOTeacher(teacher, probe, precision, max(1, torch.get_num_threads()))
         except Exception as e:  # noqa: BLE001 - a converter failure is the model's
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            blocker = f"OpenVINO could not convert it ({first})"
+            blocker = f"OpenVINO could not convert it ({first_line(e, 160)})"
         else:  # a traced graph can differ from the module (data-dependent Python branches): compare
-            diff = float((ov_teacher(check.cpu()) - out.float().cpu()).abs().max())
+            diff = float((ov_teacher(check) - out.float()).abs().max())  # on the CPU
             limit = TOLERANCE[precision] * max(1.0, float(out.abs().max()))
             if diff <= limit:
                 return TeacherRun(ov_teacher, "openvino",
