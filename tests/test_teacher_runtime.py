@@ -69,6 +69,13 @@ def test_auto_takes_openvino_only_where_it_stands_in_exactly():
     assert teacher_for_training(_resnet(8), "torch", feature_loss=False, **kw).runtime == "torch"
 
 
+def test_bf16_training_gets_a_bf16_teacher_within_bf16_tolerance():
+    """On AMX / AVX-512 BF16 CPUs training runs in bf16; elsewhere OpenVINO runs the hint in f32 or emulates it."""
+    run = teacher_for_training(_resnet(8), "auto", probe=torch.randn(2, 3, 32, 32), device=CPU, precision="bf16",
+                               feature_loss=False)
+    assert run.runtime == "openvino" and "bf16 on CPU, outputs within" in run.reason
+
+
 def test_an_explicit_openvino_that_cannot_run_says_why():
     kw = {"probe": torch.randn(2, 3, 32, 32), "device": CPU, "precision": "fp32"}
     with pytest.raises(UserError, match=r"teacher_runtime: openvino cannot run this teacher: .*feature loss"):
