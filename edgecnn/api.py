@@ -413,16 +413,25 @@ def train(
         return _model_out(ctx, "teacher", out, _record(ctx, "teacher"), distributed)
 
 
+def _student(spec: str | None, kwargs: str | Mapping | None, keep_blocks: int | None) -> dict:
+    if keep_blocks is None:
+        return {"model": spec or "lenet_small", "kwargs": _kwargs(kwargs, "student-kwargs")}
+    if spec is not None or kwargs:
+        raise UserError("--keep-blocks cuts the student from the teacher; drop --student and --student-kwargs")
+    return {"from_teacher": {"keep_blocks": keep_blocks}}
+
+
 @_api
 def distill(
     teacher: str | Path,
     out: str | Path = "student.pt",
     data: str = "mnist5k",
     *,
-    student: str = "lenet_small",
+    student: str | None = None,
     teacher_kwargs: str | Mapping | None = None,
     teacher_weights: str | Path | None = None,
     student_kwargs: str | Mapping | None = None,
+    keep_blocks: int | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
     feature_loss: str = "none",
@@ -439,6 +448,8 @@ def distill(
 
     `teacher` is a TorchScript or edgecnn model file, or file.py:Class / torchvision:NAME with
     `teacher_weights`; `teacher_runtime` (auto, torch, openvino) is where the frozen teacher runs.
+    The student is `student` (default lenet_small) or, with `keep_blocks`, the teacher itself without
+    all but `keep_blocks` of its removable blocks (depth pruning, ranked on validation images).
     Returns the distill stage's record, `teacher` (the teacher stage's record) and `path`.
     """
     from edgecnn.compression.train import init_distributed
@@ -457,7 +468,7 @@ def distill(
         "seed": seed,
         "data": _data(data, mean, std, info),
         "teacher": {"model": teacher, "kwargs": _kwargs(teacher_kwargs, "teacher-kwargs"), "weights": weights},
-        "student": {"model": student, "kwargs": _kwargs(student_kwargs, "student-kwargs")},
+        "student": _student(student, student_kwargs, keep_blocks),
         "distill": {"epochs": epochs, "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
                     "feature_loss": feature_loss, "feature_weight": feature_weight, "teacher_runtime": teacher_runtime,
                     **({"lr": lr} if lr else {})},

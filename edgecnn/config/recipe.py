@@ -82,8 +82,32 @@ class TeacherConfig(ModelSpec):
     pass
 
 
+class FromTeacher(Section):
+    """A student cut from the teacher by depth pruning (compression/depth.py): its weights are the teacher's."""
+
+    keep_blocks: int = Field(ge=0, le=10_000, description="removable blocks kept: those whose removal alone "
+                             "costs most on validation data; blocks that change the shape always stay")
+    samples: int = Field(1000, ge=1, le=100_000, description="validation images the blocks are ranked on")
+
+
 class StudentConfig(ModelSpec):
     model: str | None = "lenet"
+    from_teacher: FromTeacher | None = Field(None, description="the teacher without its least needed blocks, "
+                                             "instead of student.model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_model_from_teacher(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("from_teacher") is not None and "model" not in v:
+            return {**v, "model": None}
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        if self.from_teacher is not None and (self.model is not None or self.kwargs or self.weights):
+            raise ValueError("from_teacher builds the student from the teacher; remove student.model, "
+                             "student.kwargs and student.weights")
+        return self
 
 
 class DistillConfig(TrainConfig):

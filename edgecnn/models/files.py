@@ -7,7 +7,8 @@ it), or a TorchScript file (`.pt`/`.ts`, also code). Weights load only with
 
 edgecnn's own model files (`*.pt` written by a stage) hold the spec, every layer's shape
 attributes (channels, features, groups) and the state_dict, all plain data: a fresh process
-rebuilds a pruned model without re-running the pruning and loads it with weights_only=True.
+rebuilds a pruned model without re-running the pruning and loads it with weights_only=True. A
+student cut from its teacher's blocks (depth pruning) also lists the blocks it lacks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn as nn
 
 from edgecnn.core.artifacts import atomic_write_bytes
 from edgecnn.core.errors import UserError
+from edgecnn.models.blocks import remove_blocks, removed_blocks
 from edgecnn.models.zoo import ZOO
 
 FORMAT_TAG = "edgecnn-model/1"
@@ -285,6 +287,7 @@ def save_model(model: nn.Module, info: ModelInfo, path: Path) -> None:
         "format": FORMAT_TAG,
         "info": info.to_dict(),
         "shapes": layer_shapes(model),
+        "removed": removed_blocks(model),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
     atomic_write_bytes(path, torch_bytes(lambda f: torch.save(payload, f)))
@@ -315,9 +318,10 @@ def load_model_file(path: Path) -> tuple[nn.Module, ModelInfo]:
         raise UserError(f"{path}: damaged edgecnn model file (missing fields); regenerate it") from None
     model = build_model(info)
     try:
+        remove_blocks(model, list(obj.get("removed", [])))
         _reshape_to(model, state, shapes)
         model.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: its weights do not fit {info.spec} ({e.__class__.__name__}); regenerate it") from None
     return model.eval(), info
 

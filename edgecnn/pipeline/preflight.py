@@ -17,6 +17,8 @@ def preflight(ctx: Context) -> None:
     The stages load the same things the same way later; doing it first means bad input never
     costs a training run, and nothing in an existing run directory is touched before it is found.
     """
+    import torch
+
     from edgecnn.devices.profiles import check_local_device
     from edgecnn.models.files import build_model, load_weights
     from edgecnn.models.user import data_model_info, load_user_model
@@ -40,6 +42,11 @@ def preflight(ctx: Context) -> None:
         student = build_model(data_model_info(data, s.model, s.kwargs))
         if s.weights:
             load_weights(student, Path(s.weights))
+    if s is not None and s.from_teacher is not None:
+        from edgecnn.compression.depth import removable
+
+        cut = teacher if teacher is not None else build_model(data_model_info(data, default_teacher(recipe.task), {}))
+        removable(cut, torch.zeros(1, *data.input_shape), s.from_teacher.keep_blocks)
     for field, model in (("teacher", teacher), ("student", student)):
         if model is not None:
             check_forward(model, data.input_shape, data.num_classes, field, recipe.task == "classification")

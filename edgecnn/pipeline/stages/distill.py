@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch.nn as nn
+
+from edgecnn.compression.depth import BlockChoice, choose_blocks, cut_from_teacher
 from edgecnn.compression.train import fit
 from edgecnn.config.recipe import Recipe, recipe_dict, section_for_task
-from edgecnn.models.files import build_model, load_weights, save_model
+from edgecnn.models.files import ModelInfo, build_model, load_weights, save_model
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import file_fingerprint, load_stage_model, measure_torch
+from edgecnn.pipeline.stages.common import decision_split, file_fingerprint, load_stage_model, measure_torch
 from edgecnn.pipeline.stages.teacher import model_info
 
 
@@ -18,7 +21,8 @@ class DistillStage(Stage):
     data_reads = ("augment", "eval_samples")
 
     def enabled(self, recipe: Recipe) -> bool:
-        return recipe.student is not None and recipe.student.model is not None
+        s = recipe.student
+        return s is not None and (s.model is not None or s.from_teacher is not None)
 
     def config(self, recipe: Recipe) -> dict:
         r = recipe_dict(recipe)
@@ -31,10 +35,14 @@ class DistillStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         s, kd = ctx.recipe.student, ctx.recipe.distill
-        info = model_info(ctx, s.model, s.kwargs)
-        student = build_model(info)
-        if s.weights:
-            load_weights(student, Path(s.weights))
+        cut = None
+        if s.from_teacher is not None:
+            student, info, cut = self._cut_from_teacher(ctx)
+        else:
+            info = model_info(ctx, s.model, s.kwargs)
+            student = build_model(info)
+            if s.weights:
+                load_weights(student, Path(s.weights))
         if kd is not None:
             teacher, _ = load_stage_model(ctx, "teacher")
             res = fit(
@@ -55,6 +63,7 @@ class DistillStage(Stage):
         return {
             "model_file": "model.pt",
             "distilled": kd is not None,
+            **({"from_teacher": cut.to_dict()} if cut is not None else {}),
             "fit": {
                 "epochs": res.epochs,
                 "precision": res.precision,
@@ -64,3 +73,12 @@ class DistillStage(Stage):
             },
             **measure_torch(ctx, student),
         }
+
+    @staticmethod
+    def _cut_from_teacher(ctx: Context) -> tuple[nn.Module, ModelInfo, BlockChoice]:
+        """The student as the teacher without its least needed blocks, ranked on validation images."""
+        teacher, info = load_stage_model(ctx, "teacher")
+        cfg = ctx.recipe.student.from_teacher
+        choice = choose_blocks(teacher, ctx.data, decision_split(ctx).head(cfg.samples), ctx.task,
+                               ctx.task.head_spec(teacher, ctx.data), cfg.keep_blocks, kd=ctx.recipe.distill)
+        return cut_from_teacher(teacher, choice), info, choice  # choose_blocks refused a TorchScript teacher
