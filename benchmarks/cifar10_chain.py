@@ -3,8 +3,9 @@
     python benchmarks/cifar10_chain.py [--set distill.epochs=30 ...] [--run DIR]   # writes cifar10_chain.json
 
 1. `edgecnn compress recipes/cifar10_chain.yaml --out DIR --resume` runs as a user would
-   (distillation of ../shared/models' ResNet-56 into a ResNet-8, pruning, int8, `select: auto`
-   across ONNX Runtime, LiteRT and OpenVINO); a rerun reuses its finished stages.
+   (../shared/models' ResNet-56 cut into a shallow student by depth pruning and distilled, channel
+   pruning, int8, `select: auto` across ONNX Runtime, LiteRT and OpenVINO); a rerun reuses its
+   finished stages.
 2. The teacher is exported uncompressed the way users would deploy it: ONNX fp32, TFLite fp32,
    OpenVINO fp32 (and bf16 / fp16 inference of it where this CPU lists them). Each teacher file's
    test accuracy is measured by the agent on the CIFAR-10 test split.
@@ -152,6 +153,8 @@ def main() -> None:
           *(f"{r['p50_ms'][str(t)]:.3f}" for t in settings)] for k, r in rows.items()],
     )
     command = "python benchmarks/cifar10_chain.py" + "".join(f" --set {o}" for o in a.overrides)
+    if a.out != HERE / "cifar10_chain.json":
+        command += f" --out benchmarks/{a.out.name}"
     out = {
         "benchmark": "cifar10_chain", "command": command, "recipe_file": "recipes/cifar10_chain.yaml",
         "overrides": a.overrides, "compress_wall_s": round(compress_s, 1),
@@ -159,7 +162,11 @@ def main() -> None:
         "decision_split": report.get("decision_split"), "figures_split": "test",
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "threads": settings, "batch": 1},
         "environment": environment(), "lscpu": lscpu(), "notes": notes,
+        "recipe": {k: recipe.get(k) for k in ("student", "distill", "prune", "quantize")},
         "teacher_pytorch": {k: teacher.get(k) for k in ("accuracy", "eval_samples", "params", "macs")},
+        "pytorch_models": {m["name"]: {k: m.get(k) for k in ("accuracy", "eval_samples", "params", "macs")}
+                           for m in report["models"] if m["format"] == "pytorch"},
+        "student_from_teacher": report["stages"].get("distill", {}).get("from_teacher"),
         "deployment_reason": dep.get("reason"), "files": rows, "ratios": ratios, "goals": GOALS,
         "goals_met": goals, "table": table,
     }

@@ -89,7 +89,8 @@ def test_from_teacher_replaces_the_student_model():
 
 
 def test_compress_cuts_the_shared_teacher_into_a_student(tmp_path, cifar_small):
-    """The chain's student, shortened: the shared ResNet-56 cut to its stem, head and 3 blocks, then distilled."""
+    """The chain's student, shortened: the shared ResNet-56 cut to its stem, head and 3 blocks, distilled,
+    pruned and exported."""
     needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
     recipe = tmp_path / "cut.yaml"
     recipe.write_text(json.dumps({
@@ -100,7 +101,7 @@ def test_compress_cuts_the_shared_teacher_into_a_student(tmp_path, cifar_small):
                     "weights": str(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")},
         "student": {"from_teacher": {"keep_blocks": 1}},
         "distill": {"epochs": 1, "batch_size": 64, "lr": 0.05},
-        "prune": None, "quantize": None, "export": None,
+        "prune": {"ratio": 0.25, "epochs": 0}, "quantize": None, "export": {"formats": ["onnx"]},
         "bench": {"min_seconds": 0.05},
     }))
     proc = run_cli("compress", str(recipe), "--out", str(tmp_path / "run"))
@@ -113,6 +114,12 @@ def test_compress_cuts_the_shared_teacher_into_a_student(tmp_path, cifar_small):
     assert info.spec.endswith("cifar_resnet.py:CifarResNet") and removed_blocks(student) == cut["removed"]
     convs = sum(isinstance(m, nn.Conv2d) for m in student.modules())
     assert convs == 1 + 2 * 3 + 2  # stem, three blocks, two projection shortcuts: a ResNet-8
+    pruned, _ = load_model_file(tmp_path / "run" / "prune" / "model.pt")  # channels pruned, blocks still removed
+    assert removed_blocks(pruned) == cut["removed"] and pruned.conv1.out_channels < student.conv1.out_channels
+    import onnx
+
+    exported = onnx.load(str(tmp_path / "run" / "export" / "model.onnx"))
+    assert sum(n.op_type == "Conv" for n in exported.graph.node) == convs
 
 
 def test_from_teacher_with_too_many_blocks_fails_before_the_run(tmp_path, cifar_small):
