@@ -144,3 +144,18 @@ def test_keep_blocks_and_a_student_architecture_exclude_each_other(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --keep-blocks cuts the student from the teacher; drop --student and --student-kwargs"
     ]
+
+
+def test_distill_command_cuts_the_student_from_the_teacher(tmp_path, cifar_small):
+    needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
+    out = tmp_path / "student.pt"
+    proc = run_cli(
+        "distill", "--teacher", f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", "--teacher-kwargs", "{depth: 56}",
+        "--teacher-weights", str(SHARED_MODELS / "resnet56_cifar10.state_dict.pt"), "--keep-blocks", "2",
+        "--data", f"imagefolder:{cifar_small}", "--epochs", "1", "--batch-size", "64", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy" in proc.stdout
+    student, info = load_model_file(out)
+    assert info.kwargs == {"depth": 56} and len(removed_blocks(student)) == 23
+    assert sum(p.numel() for p in student.parameters()) < 860_000 / 3
