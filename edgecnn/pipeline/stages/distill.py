@@ -9,6 +9,7 @@ import torch.nn as nn
 from edgecnn.compression.depth import BlockChoice, choose_blocks, cut_from_teacher
 from edgecnn.compression.train import fit
 from edgecnn.config.recipe import Recipe, recipe_dict, section_for_task
+from edgecnn.core.progress import log
 from edgecnn.models.files import ModelInfo, build_model, load_weights, save_model
 from edgecnn.pipeline.context import Context, Stage
 from edgecnn.pipeline.stages.common import decision_split, file_fingerprint, load_stage_model, measure_torch
@@ -81,4 +82,6 @@ class DistillStage(Stage):
         cfg = ctx.recipe.student.from_teacher
         choice = choose_blocks(teacher, ctx.data, decision_split(ctx).head(cfg.samples), ctx.task,
                                ctx.task.head_spec(teacher, ctx.data), cfg.keep_blocks, kd=ctx.recipe.distill)
+        log(f"distill: the student is the teacher without {len(choice.removed)} of its {len(choice.costs)} removable "
+            f"blocks (kept: {', '.join(choice.kept) or 'none'})")
         return cut_from_teacher(teacher, choice), info, choice  # choose_blocks refused a TorchScript teacher
