@@ -2,8 +2,9 @@
 
     flock /tmp/edgecnn-cpu.lock python benchmarks/distill_teacher.py   # writes benchmarks/distill_teacher.json
 
-The headline chain's distillation (recipes/cifar10_chain.yaml): the shared ResNet-56 teacher
-(../shared/models) into a `cifar_resnet8` student (width 16), batch 128, on the CIFAR-10 training
+The headline chain's distillation as its recipe stood when this was measured (commit 4b39cd7 of
+recipes/cifar10_chain.yaml): the shared ResNet-56 teacher (../shared/models) into a `cifar_resnet8`
+student (width 16), batch 128, on the CIFAR-10 training
 split (45,000 images after the 10% validation split), through edgecnn's training loop (`fit`)
 with `distill.teacher_runtime: torch` and `openvino`. Each run trains a fresh student from the same
 seed for --epochs; --rounds alternating rounds (the order flips every round), best images/s of
