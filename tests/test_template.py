@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from edgecnn.config.recipe import Recipe, recipe_dict
+from edgecnn.config.recipe import Recipe, load_recipe, recipe_dict
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "recipes" / "template.yaml"
 
@@ -31,3 +32,10 @@ def test_template_lists_every_key_with_its_default():
     # the template's teacher/student/train values are the defaults (student.model shown as lenet)
     for section in ("data", "train", "distill", "prune", "quantize", "export", "bench"):
         assert loaded[section] == defaults[section], section
+
+
+@pytest.mark.parametrize("path", sorted(TEMPLATE.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    """A recipe the README points users to is never stale against the schema (its data may be absent)."""
+    recipe = load_recipe(path)
+    assert recipe.name
