@@ -161,3 +161,13 @@ def test_distill_command_cuts_the_student_from_the_teacher(tmp_path, cifar_small
     student, info = load_model_file(out)
     assert info.kwargs == {"depth": 56} and len(removed_blocks(student)) == 23
     assert sum(p.numel() for p in student.parameters()) < 860_000 / 3
+
+
+def test_runs_without_from_teacher_keep_their_distill_key():
+    """Adding the field must not make every earlier run redo its distillation on --resume."""
+    from edgecnn.pipeline.stages.distill import DistillStage
+
+    plain = DistillStage().config(recipe_from_dict({"student": {"model": "cifar_resnet8"}}, base=SHARED_MODELS))
+    assert plain["student"] == {"model": "cifar_resnet8", "kwargs": {}, "weights": None}
+    cut = DistillStage().config(recipe_from_dict({"student": {"from_teacher": {"keep_blocks": 2}}}, base=SHARED_MODELS))
+    assert cut["student"]["from_teacher"] == {"keep_blocks": 2, "samples": 1000}

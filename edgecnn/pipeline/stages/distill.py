@@ -27,8 +27,9 @@ class DistillStage(Stage):
 
     def config(self, recipe: Recipe) -> dict:
         r = recipe_dict(recipe)
+        student = {k: v for k, v in r["student"].items() if k != "from_teacher" or v is not None}  # keys as before it
         return {
-            "student": r["student"],
+            "student": student,
             "distill": section_for_task(recipe.distill, recipe.task),
             "train": r["train"],
             "files": [file_fingerprint(recipe.student.model), file_fingerprint(recipe.student.weights)],
