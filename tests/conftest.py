@@ -91,6 +91,12 @@ SHARED_MODELS = SHARED / "models"
 CIFAR_ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
 
 
+def shared_teacher_options() -> list[str]:
+    """The distill command's options naming the shared ResNet-56 (file.py:Class, its kwargs and weights)."""
+    return ["--teacher", f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", "--teacher-kwargs", "{depth: 56}",
+            "--teacher-weights", str(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")]
+
+
 def briefly_trained(task_name: str, model_name: str, data, out: Path) -> tuple:
     """A zoo model of `task_name` after one epoch of steps on labels (outputs that follow the images), exported to
     ONNX at out/model.onnx: (task, model, head, onnx path)."""

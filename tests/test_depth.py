@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from conftest import SHARED_MODELS, needs_shared, run_cli
+from conftest import SHARED_MODELS, needs_shared, run_cli, shared_teacher_options
 
 from edgecnn.compression.depth import choose_blocks, cut_from_teacher, removable
 from edgecnn.config.recipe import DistillConfig, recipe_from_dict
@@ -152,9 +152,8 @@ def test_distill_command_cuts_the_student_from_the_teacher(tmp_path, cifar_small
     needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
     out = tmp_path / "student.pt"
     proc = run_cli(
-        "distill", "--teacher", f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", "--teacher-kwargs", "{depth: 56}",
-        "--teacher-weights", str(SHARED_MODELS / "resnet56_cifar10.state_dict.pt"), "--keep-blocks", "2",
-        "--data", f"imagefolder:{cifar_small}", "--epochs", "1", "--batch-size", "64", "--out", str(out),
+        "distill", *shared_teacher_options(), "--keep-blocks", "2", "--data", f"imagefolder:{cifar_small}",
+        "--epochs", "1", "--batch-size", "64", "--out", str(out),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout

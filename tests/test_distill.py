@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_MODELS, needs_shared, run_cli
+from conftest import SHARED_MODELS, needs_shared, run_cli, shared_teacher_options
 
 from edgecnn.compression.train import FeatureTap, HintRegressors, attention_loss, fit
 from edgecnn.config.recipe import DistillConfig
@@ -73,8 +73,7 @@ def test_distill_command_with_the_shared_teacher(tmp_path, cifar_small):
     needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
     out = tmp_path / "student.pt"
     proc = run_cli(
-        "distill", "--teacher", f"{SHARED_MODELS / 'cifar_resnet.py'}:CifarResNet", "--teacher-kwargs", "{depth: 56}",
-        "--teacher-weights", str(SHARED_MODELS / "resnet56_cifar10.state_dict.pt"), "--student", "cifar_resnet8",
+        "distill", *shared_teacher_options(), "--student", "cifar_resnet8",
         "--student-kwargs", "{width: 8}", "--feature-loss", "hints", "--data", f"imagefolder:{cifar_small}",
         "--mean", "0.4914,0.4822,0.4465", "--std", "0.247,0.2435,0.2616", "--epochs", "1", "--batch-size", "64",
         "--out", str(out),
