@@ -186,7 +186,8 @@ def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed,
 )
 @click.option("--teacher-kwargs", help="The teacher class's constructor arguments as a YAML mapping.")
 @click.option("--teacher-weights", type=click.Path(path_type=Path), help="The teacher's state_dict file.")
-@click.option("--student", "spec", help="The student architecture (same forms as --teacher)  [default: lenet_small]")
+@click.option("--student", "spec",
+              help="The student architecture: a zoo name, torchvision:NAME or file.py:Class  [default: lenet_small]")
 @click.option("--student-kwargs", help="The student's constructor arguments as a YAML mapping, e.g. '{width: 16}'.")
 @click.option("--keep-blocks", type=click.IntRange(min=0),
               help="Instead of --student: the teacher without all but N of its removable blocks (depth pruning).")
