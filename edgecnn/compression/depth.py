@@ -12,6 +12,7 @@ images when that block alone is removed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +46,13 @@ class BlockChoice:
         }
 
 
-def _loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], task: Task, head: dict,
-          kd: DistillConfig | None) -> float:
+def _loss(outputs: Iterable[torch.Tensor], batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+          task: Task, head: dict, kd: DistillConfig | None) -> float:
+    """The mean loss of one output per batch: toward the teacher's outputs (distillation) or the labels."""
     total = 0.0
-    with torch.no_grad():
-        for x, y, t_out in batches:
-            out = model(x)
-            loss = task.distill_loss(out, t_out, y, head, kd) if kd is not None else task.loss(out, y, head)
-            total += float(loss) * len(x)
+    for out, (x, y, t_out) in zip(outputs, batches, strict=True):
+        loss = task.distill_loss(out, t_out, y, head, kd) if kd is not None else task.loss(out, y, head)
+        total += float(loss) * len(x)
     return total / sum(len(x) for x, _, _ in batches)
 
 
@@ -77,16 +77,16 @@ def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, h
     teacher = teacher.eval()
     names = removable(teacher, data.normalize(split.x[:1]), keep)
     batches = []
+    costs = {}
     with torch.no_grad():
         for xb, yb in task.batches(data, split, batch_size):
             x = data.normalize(xb)
             batches.append((x, yb, teacher(x)))
-    baseline = _loss(teacher, batches, task, head, kd)
-    costs = {}
-    for name in names:
-        trial = copy.deepcopy(teacher)
-        remove_blocks(trial, [name])
-        costs[name] = _loss(trial, batches, task, head, kd) - baseline
+        baseline = _loss((t_out for _, _, t_out in batches), batches, task, head, kd)  # the teacher's own outputs
+        for name in names:
+            trial = copy.deepcopy(teacher)
+            remove_blocks(trial, [name])
+            costs[name] = _loss((trial(x) for x, _, _ in batches), batches, task, head, kd) - baseline
     ranked = sorted(names, key=lambda n: -costs[n])
     kept = [n for n in names if n in ranked[:keep]]
     return BlockChoice(costs, kept, [n for n in names if n not in kept], baseline, len(split))
