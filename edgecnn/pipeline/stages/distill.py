@@ -37,16 +37,17 @@ class DistillStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         s, kd = ctx.recipe.student, ctx.recipe.distill
+        needs_teacher = kd is not None or s.from_teacher is not None
+        teacher, t_info = load_stage_model(ctx, "teacher") if needs_teacher else (None, None)
         cut = None
         if s.from_teacher is not None:
-            student, info, cut = self._cut_from_teacher(ctx)
+            student, info, cut = self._cut_from_teacher(ctx, teacher, t_info)
         else:
             info = model_info(ctx, s.model, s.kwargs)
             student = build_model(info)
             if s.weights:
                 load_weights(student, Path(s.weights))
         if kd is not None:
-            teacher, _ = load_stage_model(ctx, "teacher")
             res = fit(
                 student,
                 ctx.data,
@@ -77,9 +78,9 @@ class DistillStage(Stage):
         }
 
     @staticmethod
-    def _cut_from_teacher(ctx: Context) -> tuple[nn.Module, ModelInfo, BlockChoice]:
+    def _cut_from_teacher(ctx: Context, teacher: nn.Module, info: ModelInfo | None
+                          ) -> tuple[nn.Module, ModelInfo, BlockChoice]:
         """The student as the teacher without its least needed blocks, ranked on validation images."""
-        teacher, info = load_stage_model(ctx, "teacher")
         cfg = ctx.recipe.student.from_teacher
         choice = choose_blocks(teacher, ctx.data, decision_split(ctx).head(cfg.samples), ctx.task,
                                ctx.task.head_spec(teacher, ctx.data), cfg.keep_blocks, kd=ctx.recipe.distill)
