@@ -1,8 +1,9 @@
-"""Progress bars (rich) that stay quiet when output is not a terminal."""
+"""Progress: a rich bar on a terminal; in a log (stderr not a terminal) a plain line at most once a minute."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgecnn.core.console import terminal
 
 _quiet = 0
+PLAIN_EVERY_S = 60.0  # a log gets a progress line at most this often: long trainings show they are alive
 
 
 def _console() -> Console:
@@ -27,11 +29,32 @@ class _Bar:
             self._progress.update(self._task, advance=1, status=status)
 
 
+class _PlainLines(_Bar):
+    """For a log: `label: done/total unit, status, elapsed` lines, at most one per PLAIN_EVERY_S."""
+
+    def __init__(self, label: str, total: int, unit: str):
+        super().__init__(None, None)
+        self._label, self._total, self._unit = label, total, unit
+        self._done = 0
+        self._start = self._last = time.monotonic()
+
+    def advance(self, status: str = "") -> None:
+        self._done += 1
+        now = time.monotonic()
+        if now - self._last < PLAIN_EVERY_S or self._done >= self._total:
+            return
+        self._last = now
+        elapsed = int(now - self._start)
+        text = f"{self._label}: {self._done}/{self._total} {self._unit}".rstrip()
+        _console().print(f"{text}{', ' + status if status else ''}, {elapsed // 60}m{elapsed % 60:02d}s",
+                         highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, unit: str = "") -> Iterator[_Bar]:
-    """A rich progress bar on stderr (transient; nothing when stderr is not a terminal)."""
+    """A rich progress bar on stderr (transient); when stderr is not a terminal, throttled plain lines."""
     if not terminal(err=True).isatty():
-        yield _Bar(None, None)
+        yield _PlainLines(label, total, unit)
         return
     with Progress(
         TextColumn("[bold]{task.description}"),
