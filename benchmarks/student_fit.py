@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from runtimes import lscpu
 
 from edgecnn.analysis.stats import wilson_interval
@@ -27,14 +26,10 @@ from edgecnn.compression.train import accuracy, predict
 from edgecnn.core.environment import environment
 from edgecnn.data.datasets import load_data
 from edgecnn.models.files import load_model_file
+from edgecnn.tasks.classification import kd_loss
 
 HERE = Path(__file__).resolve().parent
 STAGES = {"teacher": "teacher/model.pt", "student": "distill/model.pt", "student-pruned": "prune/model.pt"}
-
-
-def soft_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:
-    """Hinton's soft-target loss, T^2 x KL(teacher || student), mean over images."""
-    return float(F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t)
 
 
 def fit_of_run(run: Path, train_images: int) -> dict:
@@ -56,7 +51,7 @@ def fit_of_run(run: Path, train_images: int) -> dict:
             teacher = logits["teacher"][s]
             row[s] = {"images": len(split.y), "accuracy": acc, "accuracy_ci95": wilson_interval(acc, len(split.y)),
                       "agreement_with_teacher": accuracy(out[s], teacher.argmax(1)),
-                      "soft_loss": soft_loss(out[s], teacher, recipe["distill"]["temperature"])}
+                      "soft_loss": float(kd_loss(out[s], teacher, split.y, recipe["distill"]["temperature"], 1.0))}
         rows[name] = row
     return {"run": run.name, "distill_epochs": recipe["distill"]["epochs"],
             "prune_params_budget": recipe["prune"].get("params_budget"), "models": rows}
@@ -68,7 +63,6 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=20000, help="training images scored (a fixed sample)")
     ap.add_argument("--out", type=Path, default=HERE / "student_fit.json")
     a = ap.parse_args()
-    torch.manual_seed(0)
     t0 = time.perf_counter()
     runs = [fit_of_run(r.expanduser(), a.train_images) for r in a.run]
     out = {
