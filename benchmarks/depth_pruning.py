@@ -55,6 +55,7 @@ def reinitialised(model: torch.nn.Module) -> torch.nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep-blocks", type=int, default=2)
+    ap.add_argument("--max-params", type=int, help="student.from_teacher.max_params (default: the recipe's)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data", default="imagefolder:~/.cache/edgecnn/cifar10")
     ap.add_argument("--out", type=Path, default=HERE / "depth_pruning.json")
@@ -66,9 +67,10 @@ def main() -> None:
     recipe = yaml.safe_load(RECIPE.read_text())
     kd = DistillConfig(**{**recipe["distill"], "epochs": a.epochs})
     samples = recipe["student"]["from_teacher"].get("samples", 1000)
+    max_params = a.max_params or recipe["student"]["from_teacher"].get("max_params")
     t_choice = time.perf_counter()
     choice = choose_blocks(teacher, data, data.val.head(samples), task, task.head_spec(teacher, data), a.keep_blocks,
-                           kd=kd)
+                           kd=kd, max_params=max_params)
     choice_s = time.perf_counter() - t_choice
     cut = cut_from_teacher(teacher, choice)
     students = {"cut from the teacher": cut, "same network, random weights": reinitialised(cut)}
@@ -87,7 +89,8 @@ def main() -> None:
     teacher_test = accuracy(predict(teacher, data, data.test), data.test.y)
     out = {
         "benchmark": "depth_pruning",
-        "command": f"python benchmarks/depth_pruning.py --keep-blocks {a.keep_blocks} --epochs {a.epochs}",
+        "command": f"python benchmarks/depth_pruning.py --keep-blocks {a.keep_blocks} --epochs {a.epochs}"
+                   + (f" --max-params {a.max_params}" if a.max_params else ""),
         "wall_s": round(time.perf_counter() - t0, 1),
         "decision_split": "val", "figures_split": "test",
         "environment": environment(),

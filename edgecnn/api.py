@@ -413,12 +413,15 @@ def train(
         return _model_out(ctx, "teacher", out, _record(ctx, "teacher"), distributed)
 
 
-def _student(spec: str | None, kwargs: str | Mapping | None, keep_blocks: int | None) -> dict:
+def _student(spec: str | None, kwargs: str | Mapping | None, keep_blocks: int | None, max_params: int | None
+             ) -> dict:
     if keep_blocks is None:
+        if max_params is not None:
+            raise UserError("--max-params caps a student cut from the teacher; add --keep-blocks N")
         return {"model": spec or "lenet_small", "kwargs": _kwargs(kwargs, "student-kwargs")}
     if spec is not None or kwargs:
         raise UserError("--keep-blocks cuts the student from the teacher; drop --student and --student-kwargs")
-    return {"from_teacher": {"keep_blocks": keep_blocks}}
+    return {"from_teacher": {"keep_blocks": keep_blocks, "max_params": max_params}}
 
 
 @_api
@@ -432,6 +435,7 @@ def distill(
     teacher_weights: str | Path | None = None,
     student_kwargs: str | Mapping | None = None,
     keep_blocks: int | None = None,
+    max_params: int | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
     feature_loss: str = "none",
@@ -449,7 +453,8 @@ def distill(
     `teacher` is a TorchScript or edgecnn model file, or file.py:Class / torchvision:NAME with
     `teacher_weights`; `teacher_runtime` (auto, torch, openvino) is where the frozen teacher runs.
     The student is `student` (default lenet_small) or, with `keep_blocks`, the teacher itself without
-    all but `keep_blocks` of its removable blocks (depth pruning, ranked on validation images).
+    all but `keep_blocks` of its removable blocks (depth pruning, ranked on validation images), passing
+    over any block that would take it over `max_params` parameters.
     Returns the distill stage's record, `teacher` (the teacher stage's record) and `path`.
     """
     from edgecnn.compression.train import init_distributed
@@ -468,7 +473,7 @@ def distill(
         "seed": seed,
         "data": _data(data, mean, std, info),
         "teacher": {"model": teacher, "kwargs": _kwargs(teacher_kwargs, "teacher-kwargs"), "weights": weights},
-        "student": _student(student, student_kwargs, keep_blocks),
+        "student": _student(student, student_kwargs, keep_blocks, max_params),
         "distill": {"epochs": epochs, "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
                     "feature_loss": feature_loss, "feature_weight": feature_weight, "teacher_runtime": teacher_runtime,
                     **({"lr": lr} if lr else {})},

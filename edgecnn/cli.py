@@ -191,6 +191,8 @@ def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed,
 @click.option("--student-kwargs", help="The student's constructor arguments as a YAML mapping, e.g. '{width: 16}'.")
 @click.option("--keep-blocks", type=click.IntRange(min=0),
               help="Instead of --student: the teacher without all but N of its removable blocks (depth pruning).")
+@click.option("--max-params", type=click.IntRange(min=1),
+              help="With --keep-blocks: the student's parameter cap (a costly block over it is passed over).")
 @click.option("--temperature", type=float, default=4.0, show_default=True)
 @click.option("--alpha", type=float, default=0.7, show_default=True)
 @click.option("--feature-loss", type=click.Choice(["none", "attention", "hints"]), default="none", show_default=True)
@@ -201,15 +203,15 @@ def train(spec, kwargs_text, data_spec, mean, std, epochs, lr, batch_size, seed,
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def distill(
-    teacher_spec, teacher_kwargs, teacher_weights, spec, student_kwargs, keep_blocks, temperature, alpha, feature_loss,
-    feature_weight, teacher_runtime, data_spec, mean, std, epochs, lr, batch_size, seed, out,
+    teacher_spec, teacher_kwargs, teacher_weights, spec, student_kwargs, keep_blocks, max_params, temperature, alpha,
+    feature_loss, feature_weight, teacher_runtime, data_spec, mean, std, epochs, lr, batch_size, seed, out,
 ):
     """Distil a teacher into a smaller student (Hinton soft targets + labels, optional feature loss)."""
     r = api.distill(
         teacher_spec, out, data_spec, student=spec, teacher_kwargs=teacher_kwargs, teacher_weights=teacher_weights,
-        student_kwargs=student_kwargs, keep_blocks=keep_blocks, temperature=temperature, alpha=alpha,
-        feature_loss=feature_loss, feature_weight=feature_weight, teacher_runtime=teacher_runtime, epochs=epochs,
-        lr=lr, batch_size=batch_size, seed=seed, mean=mean, std=std,
+        student_kwargs=student_kwargs, keep_blocks=keep_blocks, max_params=max_params, temperature=temperature,
+        alpha=alpha, feature_loss=feature_loss, feature_weight=feature_weight, teacher_runtime=teacher_runtime,
+        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, mean=mean, std=std,
     )
     _print_trained(r, r["fit"]["history"])
 

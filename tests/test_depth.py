@@ -72,6 +72,39 @@ def test_choose_blocks_removes_the_block_that_does_nothing(cifar_small):
     assert student.training
 
 
+def test_max_params_passes_over_blocks_that_do_not_fit(cifar_small):
+    """A cap lets cheap blocks in where the costliest would overflow it: the budget the int8 file's size sets."""
+    data = load_data(f"imagefolder:{cifar_small}")
+    teacher = _resnet20()
+    task = get_task("classification")
+    head, kd = task.head_spec(teacher, data), DistillConfig(alpha=1.0)
+    free = choose_blocks(teacher, data, data.val, task, head, 3, kd=kd)
+    sizes = {n: sum(p.numel() for p in teacher.get_submodule(n).parameters()) for n in free.costs}
+    base = sum(p.numel() for p in teacher.parameters()) - sum(sizes.values())
+    assert free.params == base + sum(sizes[n] for n in free.kept) and "max_params" not in free.to_dict()
+    cap = base + 2 * min(sizes.values()) + 1  # room for two of the smallest blocks only
+    capped = choose_blocks(teacher, data, data.val, task, head, 3, kd=kd, max_params=cap)
+    assert len(capped.kept) == 2 and capped.params <= cap
+    assert all(sizes[n] == min(sizes.values()) for n in capped.kept)
+    ranked = sorted(free.costs, key=lambda n: -free.costs[n])
+    last = max(ranked.index(n) for n in capped.kept)
+    assert capped.passed_over == [n for n in ranked[:last] if n not in capped.kept]  # every costlier block overflowed
+    assert all(sizes[n] > min(sizes.values()) for n in capped.passed_over)
+    record = capped.to_dict()
+    assert record["max_params"] == cap and record["passed_over_for_params"] == capped.passed_over
+    assert record["params"] == sum(p.numel() for p in cut_from_teacher(teacher, capped).parameters())
+
+
+def test_max_params_below_the_uncut_rest_is_an_error():
+    model = _resnet20()
+    names = removable_blocks(model, torch.zeros(1, 3, 32, 32))
+    rest = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for n in names for p in model.get_submodule(n).parameters())
+    assert removable(model, torch.zeros(1, 3, 32, 32), 1, max_params=rest) == names
+    with pytest.raises(UserError, match=f"max_params: 1000 is less than the {rest} parameters .* use at least {rest}"):
+        removable(model, torch.zeros(1, 3, 32, 32), 1, max_params=1000)
+
+
 def test_keep_blocks_beyond_the_teacher_is_an_error():
     with pytest.raises(UserError, match="keep_blocks: 8 is more than the teacher's 7 removable blocks"):
         removable(_resnet20(), torch.zeros(1, 3, 32, 32), 8)
@@ -148,6 +181,14 @@ def test_keep_blocks_and_a_student_architecture_exclude_each_other(tmp_path):
     ]
 
 
+def test_max_params_without_keep_blocks_is_an_error(tmp_path):
+    proc = run_cli("distill", "--teacher", "x.py:Net", "--teacher-weights", "w.pt", "--max-params", "1000",
+                   "--out", str(tmp_path / "s.pt"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --max-params caps a student cut from the teacher; add --keep-blocks N"
+    ]
+
+
 def test_distill_command_cuts_the_student_from_the_teacher(tmp_path, cifar_small):
     needs_shared(SHARED_MODELS / "resnet56_cifar10.state_dict.pt")
     out = tmp_path / "student.pt"
@@ -170,3 +211,6 @@ def test_runs_without_from_teacher_keep_their_distill_key():
     assert plain["student"] == {"model": "cifar_resnet8", "kwargs": {}, "weights": None}
     cut = DistillStage().config(recipe_from_dict({"student": {"from_teacher": {"keep_blocks": 2}}}, base=SHARED_MODELS))
     assert cut["student"]["from_teacher"] == {"keep_blocks": 2, "samples": 1000}
+    capped = DistillStage().config(recipe_from_dict({"student": {"from_teacher": {"keep_blocks": 2, "max_params": 9}}},
+                                                    base=SHARED_MODELS))
+    assert capped["student"]["from_teacher"] == {"keep_blocks": 2, "samples": 1000, "max_params": 9}

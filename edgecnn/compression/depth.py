@@ -6,14 +6,16 @@ teacher's stem, head, every block that changes the shape, and the `keep` removab
 (models/blocks.py) whose removal alone costs most on validation data; distillation then retrains
 the rest. The cost of a block is the rise of the loss the student will train on (the task's
 distillation loss toward the full teacher, or its label loss without distillation) on validation
-images when that block alone is removed.
+images when that block alone is removed. With a parameter cap, blocks are taken in cost order and
+any block that would take the student over the cap is passed over for the next one that fits (a
+ResNet's early blocks hold a sixteenth of the parameters of its last stage's at the same MACs).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -34,6 +36,9 @@ class BlockChoice:
     removed: list[str]
     baseline_loss: float
     samples: int
+    params: int
+    max_params: int | None = None
+    passed_over: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -43,6 +48,9 @@ class BlockChoice:
             "cost_when_removed_alone": {k: round(v, 6) for k, v in self.costs.items()},
             "baseline_loss": round(self.baseline_loss, 6),
             "samples": self.samples,
+            "params": self.params,
+            **({"max_params": self.max_params, "passed_over_for_params": self.passed_over}
+               if self.max_params is not None else {}),
         }
 
 
@@ -56,8 +64,13 @@ def _loss(outputs: Iterable[torch.Tensor], batches: list[tuple[torch.Tensor, tor
     return total / sum(len(x) for x, _, _ in batches)
 
 
-def removable(teacher: nn.Module, probe: torch.Tensor, keep: int) -> list[str]:
-    """The removable blocks of `teacher`; a UserError when there are none or fewer than `keep`."""
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def removable(teacher: nn.Module, probe: torch.Tensor, keep: int, max_params: int | None = None) -> list[str]:
+    """The removable blocks of `teacher`; a UserError when there are none, fewer than `keep`, or when the
+    rest of the teacher alone has more than `max_params` parameters."""
     if isinstance(teacher, torch.jit.ScriptModule):
         raise UserError("student.from_teacher: a TorchScript teacher cannot be cut into blocks; give the "
                         "teacher as file.py:Class (or a zoo / torchvision name) with its weights")
@@ -68,14 +81,41 @@ def removable(teacher: nn.Module, probe: torch.Tensor, keep: int) -> list[str]:
     if keep > len(names):
         raise UserError(f"student.from_teacher.keep_blocks: {keep} is more than the teacher's {len(names)} "
                         f"removable blocks; use at most {len(names)}")
+    base = _params(teacher) - sum(_params(teacher.get_submodule(n)) for n in names)
+    if max_params is not None and base > max_params:
+        raise UserError(f"student.from_teacher.max_params: {max_params} is less than the {base} parameters the "
+                        "teacher keeps without any removable block (stem, head, blocks that change the shape); "
+                        f"use at least {base}")
     return names
 
 
+def _fit_params(ranked: list[str], sizes: dict[str, int], base: int, keep: int, max_params: int | None
+                ) -> tuple[list[str], list[str]]:
+    """The first `keep` of `ranked` that fit under `max_params` on top of `base`, and the blocks ranked above
+    the last of them that did not fit."""
+    kept, passed, total = [], [], base
+    for name in ranked:
+        if len(kept) == keep:
+            break
+        if max_params is None or total + sizes[name] <= max_params:
+            kept.append(name)
+            total += sizes[name]
+        else:
+            passed.append(name)
+    last = ranked.index(kept[-1]) if kept else -1
+    return kept, [n for n in passed if ranked.index(n) < last]
+
+
 def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, head: dict, keep: int, *,
-                  kd: DistillConfig | None, batch_size: int = 250) -> BlockChoice:
-    """Rank `teacher`'s removable blocks by their cost on `split` (validation images); keep the `keep` costliest."""
+                  kd: DistillConfig | None, batch_size: int = 250, max_params: int | None = None) -> BlockChoice:
+    """Rank `teacher`'s removable blocks by their cost on `split` (validation images); keep the `keep` costliest.
+
+    With `max_params`, a block that would take the student over that many parameters is passed over.
+    """
     teacher = teacher.eval()
-    names = removable(teacher, data.normalize(split.x[:1]), keep)
+    names = removable(teacher, data.normalize(split.x[:1]), keep, max_params)
+    sizes = {n: _params(teacher.get_submodule(n)) for n in names}
+    base = _params(teacher) - sum(sizes.values())
     batches = []
     costs = {}
     with torch.no_grad():
@@ -88,8 +128,10 @@ def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, h
             remove_blocks(trial, [name])
             costs[name] = _loss((trial(x) for x, _, _ in batches), batches, task, head, kd) - baseline
     ranked = sorted(names, key=lambda n: -costs[n])
-    kept = [n for n in names if n in ranked[:keep]]
-    return BlockChoice(costs, kept, [n for n in names if n not in kept], baseline, len(split))
+    chosen, passed = _fit_params(ranked, sizes, base, keep, max_params)
+    kept = [n for n in names if n in chosen]
+    return BlockChoice(costs, kept, [n for n in names if n not in kept], baseline, len(split),
+                       base + sum(sizes[n] for n in kept), max_params, passed)
 
 
 def cut_from_teacher(teacher: nn.Module, choice: BlockChoice) -> nn.Module:

@@ -88,6 +88,8 @@ class FromTeacher(Section):
     keep_blocks: int = Field(ge=0, le=10_000, description="removable blocks kept: those whose removal alone "
                              "costs most on validation data; blocks that change the shape always stay")
     samples: int = Field(1000, ge=1, le=100_000, description="validation images the blocks are ranked on")
+    max_params: int | None = Field(None, ge=1, description="the student's parameter cap: a block that would "
+                                   "take it over is passed over for the next costliest that fits")
 
 
 class StudentConfig(ModelSpec):

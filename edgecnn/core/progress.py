@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,20 +21,26 @@ def _console() -> Console:
     return Console(file=terminal(err=True))
 
 
+class Advancer(Protocol):
+    """What `progress_bar` yields: `advance(status)` once per step."""
+
+    def advance(self, status: str = "") -> None: ...
+
+
 class _Bar:
-    def __init__(self, progress: Progress | None, task: int | None):
+    """A rich progress bar's task."""
+
+    def __init__(self, progress: Progress, task: int):
         self._progress, self._task = progress, task
 
     def advance(self, status: str = "") -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, status=status)
+        self._progress.update(self._task, advance=1, status=status)
 
 
-class _PlainLines(_Bar):
+class _PlainLines:
     """For a log: `label: done/total unit, status, elapsed` lines, at most one per PLAIN_EVERY_S."""
 
     def __init__(self, label: str, total: int, unit: str):
-        super().__init__(None, None)
         self._label, self._total, self._unit = label, total, unit
         self._done = 0
         self._start = self._last = time.monotonic()
@@ -51,7 +58,7 @@ class _PlainLines(_Bar):
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int, unit: str = "") -> Iterator[_Bar]:
+def progress_bar(label: str, total: int, unit: str = "") -> Iterator[Advancer]:
     """A rich progress bar on stderr (transient); when stderr is not a terminal, throttled plain lines."""
     if not terminal(err=True).isatty():
         yield _PlainLines(label, total, unit)

@@ -46,7 +46,7 @@ def preflight(ctx: Context) -> None:
         from edgecnn.compression.depth import removable
 
         cut = teacher if teacher is not None else build_model(data_model_info(data, default_teacher(recipe.task), {}))
-        removable(cut, torch.zeros(1, *data.input_shape), s.from_teacher.keep_blocks)
+        removable(cut, torch.zeros(1, *data.input_shape), s.from_teacher.keep_blocks, s.from_teacher.max_params)
     for field, model in (("teacher", teacher), ("student", student)):
         if model is not None:
             check_forward(model, data.input_shape, data.num_classes, field, recipe.task == "classification")

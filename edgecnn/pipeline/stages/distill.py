@@ -28,6 +28,8 @@ class DistillStage(Stage):
     def config(self, recipe: Recipe) -> dict:
         r = recipe_dict(recipe)
         student = {k: v for k, v in r["student"].items() if k != "from_teacher" or v is not None}  # keys as before it
+        if student.get("from_teacher") and student["from_teacher"]["max_params"] is None:
+            student["from_teacher"] = {k: v for k, v in student["from_teacher"].items() if k != "max_params"}
         return {
             "student": student,
             "distill": section_for_task(recipe.distill, recipe.task),
@@ -83,7 +85,11 @@ class DistillStage(Stage):
         """The student as the teacher without its least needed blocks, ranked on validation images."""
         cfg = ctx.recipe.student.from_teacher
         choice = choose_blocks(teacher, ctx.data, decision_split(ctx).head(cfg.samples), ctx.task,
-                               ctx.task.head_spec(teacher, ctx.data), cfg.keep_blocks, kd=ctx.recipe.distill)
+                               ctx.task.head_spec(teacher, ctx.data), cfg.keep_blocks, kd=ctx.recipe.distill,
+                               max_params=cfg.max_params)
         log(f"distill: the student is the teacher without {len(choice.removed)} of its {len(choice.costs)} removable "
-            f"blocks (kept: {', '.join(choice.kept) or 'none'})")
+            f"blocks (kept: {', '.join(choice.kept) or 'none'}; {choice.params:,} parameters)")
+        if len(choice.kept) < cfg.keep_blocks:
+            log(f"[yellow]note:[/yellow] student.from_teacher: only {len(choice.kept)} of keep_blocks "
+                f"{cfg.keep_blocks} fit under max_params {cfg.max_params:,}")
         return cut_from_teacher(teacher, choice), info, choice  # choose_blocks refused a TorchScript teacher
