@@ -13,8 +13,9 @@ ResNet's early blocks hold a sixteenth of the parameters of its last stage's at 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -106,6 +107,19 @@ def _fit_params(ranked: list[str], sizes: dict[str, int], base: int, keep: int, 
     return kept, [n for n in passed if ranked.index(n) < last]
 
 
+@contextlib.contextmanager
+def _without(model: nn.Module, name: str) -> Iterator[None]:
+    """Within, `model`'s block `name` is removed; it is put back afterwards."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    block = getattr(parent, child)
+    remove_blocks(model, [name])
+    try:
+        yield
+    finally:
+        setattr(parent, child, block)
+
+
 def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, head: dict, keep: int, *,
                   kd: DistillConfig | None, batch_size: int = 250, max_params: int | None = None) -> BlockChoice:
     """Rank `teacher`'s removable blocks by their cost on `split` (validation images); keep the `keep` costliest.
@@ -124,9 +138,8 @@ def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, h
             batches.append((x, yb, teacher(x)))
         baseline = _loss((t_out for _, _, t_out in batches), batches, task, head, kd)  # the teacher's own outputs
         for name in names:
-            trial = copy.deepcopy(teacher)
-            remove_blocks(trial, [name])
-            costs[name] = _loss((trial(x) for x, _, _ in batches), batches, task, head, kd) - baseline
+            with _without(teacher, name):
+                costs[name] = _loss((teacher(x) for x, _, _ in batches), batches, task, head, kd) - baseline
     ranked = sorted(names, key=lambda n: -costs[n])
     chosen, passed = _fit_params(ranked, sizes, base, keep, max_params)
     kept = [n for n in names if n in chosen]
