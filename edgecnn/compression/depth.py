@@ -69,6 +69,12 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _block_params(teacher: nn.Module, names: list[str]) -> tuple[dict[str, int], int]:
+    """Each named block's parameter count, and the teacher's count without all of them."""
+    sizes = {n: _params(teacher.get_submodule(n)) for n in names}
+    return sizes, _params(teacher) - sum(sizes.values())
+
+
 def removable(teacher: nn.Module, probe: torch.Tensor, keep: int, max_params: int | None = None) -> list[str]:
     """The removable blocks of `teacher`; a UserError when there are none, fewer than `keep`, or when the
     rest of the teacher alone has more than `max_params` parameters."""
@@ -82,7 +88,7 @@ def removable(teacher: nn.Module, probe: torch.Tensor, keep: int, max_params: in
     if keep > len(names):
         raise UserError(f"student.from_teacher.keep_blocks: {keep} is more than the teacher's {len(names)} "
                         f"removable blocks; use at most {len(names)}")
-    base = _params(teacher) - sum(_params(teacher.get_submodule(n)) for n in names)
+    _, base = _block_params(teacher, names)
     if max_params is not None and base > max_params:
         raise UserError(f"student.from_teacher.max_params: {max_params} is less than the {base} parameters the "
                         "teacher keeps without any removable block (stem, head, blocks that change the shape); "
@@ -110,14 +116,12 @@ def _fit_params(ranked: list[str], sizes: dict[str, int], base: int, keep: int, 
 @contextlib.contextmanager
 def _without(model: nn.Module, name: str) -> Iterator[None]:
     """Within, `model`'s block `name` is removed; it is put back afterwards."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    block = getattr(parent, child)
+    block = model.get_submodule(name)
     remove_blocks(model, [name])
     try:
         yield
     finally:
-        setattr(parent, child, block)
+        model.set_submodule(name, block)
 
 
 def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, head: dict, keep: int, *,
@@ -128,8 +132,7 @@ def choose_blocks(teacher: nn.Module, data: Dataset, split: Split, task: Task, h
     """
     teacher = teacher.eval()
     names = removable(teacher, data.normalize(split.x[:1]), keep, max_params)
-    sizes = {n: _params(teacher.get_submodule(n)) for n in names}
-    base = _params(teacher) - sum(sizes.values())
+    sizes, base = _block_params(teacher, names)
     batches = []
     costs = {}
     with torch.no_grad():
