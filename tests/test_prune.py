@@ -261,3 +261,29 @@ def test_a_target_met_closely_has_no_note():
     assert target_result(cfg, None, 9_500, model, lambda v: v)["note"] is None
     over = target_result(cfg, {"ratio": 0.5, "tried": [{"ratio": 0.4, "value": 12_000}]}, 5_000, model, lambda v: v)
     assert "+50% past the target" in over["note"] and "0.4000, gives 12,000 parameters" in over["note"]
+
+
+@pytest.mark.parametrize("target", [{"params_budget": 20_000}, {"macs_reduction": 2.5}])
+def test_stepped_pruning_ends_within_the_target(target, tmp_path, monkeypatch):
+    """Global pruning in several steps ranks channels again at each step and can end past the one-shot search;
+    a last correction step brings it back within the target."""
+    from edgecnn.config.recipe import recipe_from_dict
+    from edgecnn.pipeline.context import Context
+    from edgecnn.pipeline.runner import run_stages
+    from edgecnn.pipeline.stages.prune import PruneStage
+    from edgecnn.pipeline.stages.teacher import TeacherStage
+
+    monkeypatch.setenv("EDGECNN_CPU_LEASES", str(tmp_path / "leases"))
+    recipe = recipe_from_dict({
+        "name": "stepped", "data": {"spec": "mnist5k", "eval_samples": 200}, "teacher": {"model": "lenet"},
+        "train": {"epochs": 0}, "student": None, "distill": None,
+        "prune": {"ratio": None, **target, "global_pruning": True, "iterative_steps": 4, "epochs": 0},
+    }, tmp_path)
+    ctx = Context(recipe, tmp_path / "run")
+    run_stages([TeacherStage(), PruneStage()], ctx, resume=False)
+    r = ctx.results["prune"]
+    if "params_budget" in target:
+        assert r["params_after"] <= target["params_budget"]
+    else:
+        assert r["macs_reduction"] >= target["macs_reduction"]
+    assert r["target"]["off"] >= 0 and len(r["steps"]) == 4

@@ -4,7 +4,9 @@ The target is a channel ratio, a MAC reduction (`2` for 2x fewer MACs), a parame
 latency budget (batch-1 p50 on `latency_device`, timed with the benchmark agent's loop while
 searching); MAC, parameter and latency targets are met by bisecting the channel ratio on copies of
 the model. Pruning runs in `iterative_steps` steps with fine-tuning between them, distilling from
-the teacher when there is one (else from the unpruned model). The classifier is always kept whole.
+the teacher when there is one (else from the unpruned model); when the steps end short of the
+target (each step ranks channels again), the last step prunes once more to meet it. The classifier
+is always kept whole.
 When the pruned model lands more than 10% from its MAC, parameter or latency target (channel
 rounding makes the steps coarse), the result's `target` and the run's notes say so and why.
 """
@@ -151,6 +153,30 @@ def find_ratio(
     return hi, log
 
 
+def correct_to_target(
+    model: nn.Module, cfg: PruneConfig, example: torch.Tensor, task_kept: list[str], mode: str, macs_before: int,
+    grads: Callable[[nn.Module], None], timer: Callable[[nn.Module, torch.Tensor], float] | None,
+) -> float | None:
+    """Prune `model` once more, in place, when its stepped pruning ended short of the recipe's target.
+
+    Pruning in several steps ranks channels again at each step, so it can end elsewhere than the
+    one-shot copy the ratio was searched on (global pruning ended 3% over a parameter budget). The
+    smallest extra ratio that meets the target is searched on the model as it is and applied
+    before the last fine-tuning; returns it, or None when the target already holds.
+    """
+    if cfg.macs_reduction is not None:  # the goal stays the original model's MACs over the asked reduction
+        macs_now = count_macs_params(model, tuple(example.shape[1:]))[0]
+        cfg = cfg.model_copy(update={"macs_reduction": cfg.macs_reduction * macs_now / macs_before})
+    ratio, _ = find_ratio(model, cfg, example, task_kept, mode, grads, timer)
+    if ratio <= 0:
+        return None
+    if cfg.importance == "taylor":
+        grads(model)
+    make_pruner(model, cfg, ratio, example, task_kept, 1, mode).step()
+    model.zero_grad(set_to_none=True)
+    return ratio
+
+
 OVERSHOOT = 0.10  # a reached value further than this from the target (relative) is said in the result and notes
 
 TARGET_TEXT = {
@@ -250,6 +276,11 @@ class PruneStage(Stage):
             pruner.step()
             model.zero_grad(set_to_none=True)
             last = step == cfg.iterative_steps - 1
+            correction = (
+                correct_to_target(model, cfg, example, task_kept, mode, before[0], lambda m: taylor_grads(m, ctx),
+                                  timer if cfg.latency_budget_ms else None)
+                if last and cfg.iterative_steps > 1 and target_of(cfg) else None
+            )
             epochs = (
                 cfg.epochs - (cfg.epochs // cfg.iterative_steps) * (cfg.iterative_steps - 1)
                 if last
@@ -268,6 +299,7 @@ class PruneStage(Stage):
             )
             macs, params = count_macs_params(model, shape)
             history.append({"step": step + 1, "macs": macs, "params": params, "epochs": epochs, "history": res.history,
+                            **({"correction_ratio": correction} if correction else {}),
                             **({"teacher_runtime": res.teacher_runtime} if res.teacher_runtime else {})})
         model.eval()
         save_model(model, info, out / "model.pt")
