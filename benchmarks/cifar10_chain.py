@@ -163,7 +163,6 @@ def main() -> None:
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "threads": settings, "batch": 1},
         "environment": environment(), "lscpu": lscpu(), "notes": notes,
         "recipe": {k: recipe.get(k) for k in ("student", "distill", "prune", "quantize")},
-        "teacher_pytorch": {k: teacher.get(k) for k in ("accuracy", "eval_samples", "params", "macs")},
         "pytorch_models": {m["name"]: {k: m.get(k) for k in ("accuracy", "eval_samples", "params", "macs")}
                            for m in report["models"] if m["format"] == "pytorch"},
         "student_from_teacher": report["stages"].get("distill", {}).get("from_teacher"),
