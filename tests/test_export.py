@@ -131,3 +131,25 @@ def test_channels_last_weights_export_as_their_model(tmp_path):
     rt = agent.open_runtime(str(tmp_path / "m.tflite"), 1)
     got = np.concatenate([rt.run(x[i : i + 1].numpy()) for i in range(4)])
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-3)
+
+
+def test_tflite_tensor_names_are_compact_module_paths(mnist, small_cnn, tmp_path):
+    """litert-torch's fused scope lists are cut to one module path per tensor: smaller files, same outputs."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgecnn.compression.export import export_tflite
+    from edgecnn.compression.tflite_io import compact_name
+
+    assert compact_name(b"Net;;pkg.Net/torch.nn.modules.conv.Conv2d_conv1;1") == b"Net/Conv2d_conv1"
+    assert compact_name(b"serving_default_args_0") == b"serving_default_args_0"
+    export_tflite(small_cnn, mnist.input_shape, tmp_path / "fp32.tflite")
+    quantize_tflite(small_cnn, mnist.input_shape, mnist.normalize(mnist.train.x[:64]), tmp_path / "int8.tflite")
+    for f in ("fp32.tflite", "int8.tflite"):
+        model = schema.ModelT.InitFromPackedBuf(bytearray((tmp_path / f).read_bytes()), 0)
+        names = [t.name for t in model.subgraphs[0].tensors if t.name]
+        assert names and not any(b";" in n or b"torch.nn.modules" in n for n in names), names
+        assert any(n.endswith(b"Conv2d_conv1") for n in names), names
+        acc, logits = runtime_logits(tmp_path / f, mnist, mnist.test)
+        ref = predict(small_cnn, mnist, mnist.test)
+        check = parity(CLASSIFY, logits, ref.numpy(), mnist.test, HEAD, "pytorch")
+        assert acc > 0.5 and check["top1_agreement"] >= 0.97, check

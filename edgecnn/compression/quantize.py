@@ -93,15 +93,15 @@ def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, 
         from litert_torch.quantize import quant_config
         from torchao.quantization.pt2e import quantize_pt2e
 
-    from edgecnn.compression.tflite_io import float_io
+    from edgecnn.compression.tflite_io import compact_names, float_io
 
     example = (torch.zeros(1, *input_shape),)
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     edge = litert_torch.convert(converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
     with atomic_path(path) as tmp:
         edge.export(str(tmp))
-        if io == "float":
-            tmp.write_bytes(float_io(tmp.read_bytes()))
+        content = compact_names(tmp.read_bytes())
+        tmp.write_bytes(float_io(content) if io == "float" else content)
 
 
 def quantize_tflite(
