@@ -287,3 +287,15 @@ def test_stepped_pruning_ends_within_the_target(target, tmp_path, monkeypatch):
     else:
         assert r["macs_reduction"] >= target["macs_reduction"]
     assert r["target"]["off"] >= 0 and len(r["steps"]) == 4
+
+
+def test_ignored_layers_take_shell_patterns():
+    """`layer3.*.conv2` keeps every matching layer whole; a pattern or name matching nothing is a user error."""
+    model = build_model(ModelInfo("cifar_resnet20", {}, 10, (3, 32, 32)))
+    modules = dict(model.named_modules())
+    kept = kept_layers(model, ["conv1", "layer3.*.conv2"], classifier(model))
+    names = {n for n, m in modules.items() if any(m is k for k in kept)}
+    assert names == {"conv1", "layer3.0.conv2", "layer3.1.conv2", "layer3.2.conv2", *classifier(model)}
+    for bad in ("layer9.*", "layer3.0.conv9"):
+        with pytest.raises(UserError, match=f"prune.ignored_layers: no layer (matches|named) '{re.escape(bad)}'"):
+            kept_layers(model, [bad], [])

@@ -11,6 +11,7 @@ split further. So ShuffleNet's branches are pruned inside while its shuffled tru
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from collections.abc import Callable
 
@@ -33,14 +34,24 @@ def importance(kind: str):
 
 def kept_layers(model: nn.Module, names: list[str], task_kept: list[str]) -> list[nn.Module]:
     """The layers kept whole: those named (prune.ignored_layers) plus the task's (Task.kept_layers: classifier
-    layers, a detector's prediction head)."""
+    layers, a detector's prediction head).
+
+    A name with `*`, `?` or `[` is a shell-style pattern over the layer names (`layer3.*.conv2`); each
+    name or pattern must match at least one layer.
+    """
     modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        raise UserError(
-            f"prune.ignored_layers: no layer named {missing[0]!r}; layers are e.g. {', '.join(list(modules)[1:6])}"
-        )
-    return [modules[n] for n in dict.fromkeys([*names, *task_kept])]
+    del modules[""]
+    chosen: list[str] = []
+    for name in names:
+        pattern = any(c in name for c in "*?[")
+        found = fnmatch.filter(modules, name) if pattern else [name] if name in modules else []
+        if not found:
+            raise UserError(
+                f"prune.ignored_layers: no layer {'matches' if pattern else 'named'} {name!r}; layers are e.g. "
+                f"{', '.join(list(modules)[:5])}"
+            )
+        chosen += found
+    return [modules[n] for n in dict.fromkeys([*chosen, *task_kept])]
 
 
 class _Pinned(nn.Module):
