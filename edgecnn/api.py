@@ -511,8 +511,8 @@ def prune(
     """Remove channels (the prune stage: Torch-Pruning, then fine-tuning distilled from the unpruned model).
 
     The target is `ratio`, or one of `macs_reduction`, `params_budget`, `latency_budget_ms` (timed
-    on `latency_device`); `keep` names layers kept whole. Returns the prune stage's record (MACs,
-    params and latency before/after, test accuracy, the search) and `path`.
+    on `latency_device`); `keep` names layers kept whole (names or shell patterns such as `layer3.*.conv2`).
+    Returns the prune stage's record (MACs, params and latency before/after, test accuracy, the search) and `path`.
     """
     out = Path(out)
     _check_file_out(out)

@@ -228,7 +228,8 @@ def distill(
               help="Rank channels across layers, or prune every layer alike.")
 @click.option("--steps", type=int, default=1, show_default=True, help="Iterative steps, fine-tuning between them.")
 @click.option("--round-to", type=int)
-@click.option("--keep", "keep", multiple=True, metavar="LAYER", help="A layer name kept whole (repeatable).")
+@click.option("--keep", "keep", multiple=True, metavar="LAYER",
+              help="A layer name or shell pattern (layer3.*.conv2) kept whole (repeatable).")
 @data_option
 @train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True)

@@ -299,3 +299,19 @@ def test_ignored_layers_take_shell_patterns():
     for bad in ("layer9.*", "layer3.0.conv9"):
         with pytest.raises(UserError, match=f"prune.ignored_layers: no layer (matches|named) '{re.escape(bad)}'"):
             kept_layers(model, [bad], [])
+
+
+def test_cli_keeps_layers_matching_a_pattern(lenet_file, tmp_path):
+    """`--keep 'fc*'` keeps fc1 and fc2 whole; a pattern matching no layer is one error line, nothing written."""
+    out = tmp_path / "pruned.pt"
+    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", "--ratio", "0.5", "--keep", "fc*", "--epochs", "0",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, _ = load_model_file(out)
+    assert model.fc1.out_features == 120 and model.fc2.out_features == 84 and model.conv2.out_channels < 16
+    proc = run_cli("prune", str(lenet_file), "--data", "mnist5k", "--keep", "layer9.*", "--epochs", "0",
+                   "--out", str(tmp_path / "x.pt"))
+    errors = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: prune.ignored_layers: no layer matches 'layer9.*'")
+    assert not (tmp_path / "x.pt").exists() and "Traceback" not in proc.stderr
