@@ -138,7 +138,7 @@ def test_tflite_tensor_names_are_compact_module_paths(mnist, small_cnn, tmp_path
     from ai_edge_litert import schema_py_generated as schema
 
     from edgecnn.compression.export import export_tflite
-    from edgecnn.compression.tflite_io import compact_name
+    from edgecnn.runtime.tflite_io import compact_name
 
     assert compact_name(b"Net;;pkg.Net/torch.nn.modules.conv.Conv2d_conv1;1") == b"Net/Conv2d_conv1"
     assert compact_name(b"serving_default_args_0") == b"serving_default_args_0"

@@ -115,7 +115,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path) ->
         with quiet_libraries(), atomic_path(path) as tmp:
             import litert_torch
 
-            from edgecnn.compression.tflite_io import compact_names
+            from edgecnn.runtime.tflite_io import compact_names
 
             litert_torch.convert(model, (torch.zeros(1, *input_shape),)).export(str(tmp))
             tmp.write_bytes(compact_names(tmp.read_bytes()))

@@ -93,7 +93,7 @@ def convert_pt2e_tflite(prepared: nn.Module, quantizer, input_shape: tuple[int, 
         from litert_torch.quantize import quant_config
         from torchao.quantization.pt2e import quantize_pt2e
 
-    from edgecnn.compression.tflite_io import compact_names, float_io
+    from edgecnn.runtime.tflite_io import compact_names, float_io
 
     example = (torch.zeros(1, *input_shape),)
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)

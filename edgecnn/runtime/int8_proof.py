@@ -233,7 +233,7 @@ def _tflite_layers(path: Path) -> list[dict]:
 def _tflite_layer_name(raw: bytes | str | None) -> str:
     """`Net;;Net/torch.nn.modules.conv.Conv2d_conv1;1` -> `Conv2d_conv1`: the last segment of the tensor's module
     path (tflite_io.compact_name, which exports already apply); a name without a path is kept as it is."""
-    from edgecnn.compression.tflite_io import compact_name
+    from edgecnn.runtime.tflite_io import compact_name
 
     name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
     return compact_name(name.encode()).rsplit(b"/", 1)[-1].decode(errors="replace") if "/" in name else name
