@@ -54,6 +54,16 @@ def loaded(users_ssd):
     return model.eval()
 
 
+def same_detections(ours, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Theirs in our order: each of our detections matched to their one of the same class and (within 1e-6) score
+    with the nearest box. Detections of tied scores may come in either order (the sorts differ between CPUs)."""
+    near = np.abs(ours.boxes[:, None, :] - boxes[None, :, :]).max(-1)
+    near[(ours.classes[:, None] != classes[None, :]) | (np.abs(ours.scores[:, None] - scores[None, :]) > 1e-6)] = np.inf
+    order = near.argmin(1)
+    assert sorted(order.tolist()) == list(range(len(boxes)))  # one to one
+    return order
+
+
 def test_numpy_decoding_matches_torchvisions_postprocessing(users_ssd, loaded, data):
     ssd, _ = users_ssd
     task = get_task("detection")
@@ -64,9 +74,9 @@ def test_numpy_decoding_matches_torchvisions_postprocessing(users_ssd, loaded, d
     ours = task.decode(raw_outputs(loaded, data, data.test), head)
     for t, o in zip(theirs, ours, strict=True):
         assert len(o) == len(t["boxes"]) > 0
-        np.testing.assert_allclose(o.boxes, t["boxes"].numpy(), atol=1e-3)
-        np.testing.assert_allclose(o.scores, t["scores"].numpy(), atol=1e-6)
-        assert o.classes.tolist() == (t["labels"] - 1).tolist()
+        np.testing.assert_allclose(o.scores, t["scores"].numpy(), atol=1e-6)  # the same ranking of scores
+        order = same_detections(o, t["boxes"].numpy(), t["scores"].numpy(), t["labels"].numpy() - 1)
+        np.testing.assert_allclose(o.boxes, t["boxes"].numpy()[order], atol=1e-3)
     metrics = task.metrics(ours, data.test.y, head)
     assert set(metrics) == {"mAP", "mAP50", "mAP75"} and all(0 <= v <= 1 for v in metrics.values())
     kept = task.kept_layers(loaded, head)
