@@ -235,8 +235,8 @@ def _tflite_layer_name(raw: bytes | str | None) -> str:
     path (tflite_io.compact_name, which exports already apply); a name without a path is kept as it is."""
     from edgecnn.runtime.tflite_io import compact_name
 
-    name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
-    return compact_name(name.encode()).rsplit(b"/", 1)[-1].decode(errors="replace") if "/" in name else name
+    name = raw if isinstance(raw, bytes) else str(raw or "").encode()
+    return (compact_name(name).rsplit(b"/", 1)[-1] if b"/" in name else name).decode(errors="replace")
 
 
 # ---- OpenVINO IR ----------------------------------------------------------------------------------
