@@ -336,7 +336,8 @@ def _absolutize(value: str, base: Path) -> str:
     p = Path(value).expanduser()
     if not p.is_absolute():
         p = base / p
-    return prefix + str(p) + suffix
+    # resolved (no `..`, no symlink): the same file gives the same stage keys from any checkout or folder
+    return prefix + str(p.resolve()) + suffix
 
 
 def validation_message(err: ValidationError, source: str) -> str:
