@@ -8,6 +8,7 @@ current directory.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -336,8 +337,9 @@ def _absolutize(value: str, base: Path) -> str:
     p = Path(value).expanduser()
     if not p.is_absolute():
         p = base / p
-    # resolved (no `..`, no symlink): the same file gives the same stage keys from any checkout or folder
-    return prefix + str(p.resolve()) + suffix
+    # normalized (no `..`): the same file gives the same stage keys from any checkout; symlinks stay as the user
+    # wrote them, so messages name the path they gave
+    return prefix + os.path.normpath(p) + suffix
 
 
 def validation_message(err: ValidationError, source: str) -> str:
