@@ -92,11 +92,12 @@ def test_reduced_precision_runs_natively_or_falls_back_and_says_so(mnist, irs, t
     npz = tmp_path / "eval.npz"
     write_eval_npz(mnist, mnist.test.head(200), npz)
     r = run_agent_local(xml, npz, min_iters=10, min_seconds=0.05)
-    native = {"bf16": "BF16", "fp16": "FP16"}[precision] in cpu_capabilities()
+    caps = cpu_capabilities()
+    native = {"bf16": "BF16", "fp16": "FP16"}[precision] in caps
     # without native bf16, OpenVINO emulates it on AVX-512 (an Intel Xeon without BF16/AMX) and runs f32 elsewhere;
     # an fp16 hint on a CPU with BF16 but no FP16 (AMD EPYC Zen 4) runs in bf16
     emulated = precision == "bf16" and AVX512_CORE <= cpu_flags()
-    fallback = "bf16" if "BF16" in cpu_capabilities() else "fp32"
+    fallback = "bf16" if "BF16" in caps else "fp32"
     assert r["inference_precision"] == (precision if native or emulated else fallback)
     ok, notes = float_precisions([precision])
     assert ok == ([precision] if native else []) and len(notes) == (0 if native else 1)
