@@ -4,11 +4,12 @@
 
 writes benchmarks/student_fit.json. For each finished run of `benchmarks/cifar10_chain.py` (its run
 directory), the teacher, the distilled student and the pruned student (the run's own model files)
-are scored side by side, without augmentation, on `--train-images` training images (a fixed sample) and on
-all test images: top-1 accuracy, top-1 agreement with the teacher, and the soft-target loss the
-student trained on (T^2 x KL(teacher || student) at the recipe's temperature). A student that fits
-the training images better with more epochs but scores the same on test images is short of
-capacity (or of generalisation), not of training time.
+are scored side by side, without augmentation, on `--train-images` training images (a fixed sample), on
+all validation images (where settings are compared) and on all test images: top-1 accuracy, top-1
+agreement with the teacher, and the soft-target loss the student trained on (T^2 x KL(teacher ||
+student) at the recipe's temperature). A student that fits the training images better with more
+epochs but scores the same on held-out images is short of capacity (or of generalisation), not of
+training time.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def fit_of_run(run: Path, train_images: int) -> dict:
     recipe = json.loads((run / "report.json").read_text())["recipe"]
     d = recipe["data"]
     data = load_data(d["spec"], d["val_fraction"], d["mean"], d["std"])
-    splits = {"train": data.train.head(train_images), "test": data.test}
+    splits = {"train": data.train.head(train_images), "val": data.val, "test": data.test}
     logits = {}
     for name, rel in STAGES.items():
         model, _ = load_model_file(run / rel)
@@ -53,7 +54,7 @@ def fit_of_run(run: Path, train_images: int) -> dict:
                       "agreement_with_teacher": accuracy(out[s], teacher.argmax(1)),
                       "soft_loss": float(kd_loss(out[s], teacher, split.y, recipe["distill"]["temperature"], 1.0))}
         rows[name] = row
-    return {"run": run.name, "distill_epochs": recipe["distill"]["epochs"],
+    return {"run": run.name, "distill_epochs": recipe["distill"]["epochs"], "distill_lr": recipe["distill"]["lr"],
             "prune_params_budget": recipe["prune"].get("params_budget"), "models": rows}
 
 
@@ -70,6 +71,7 @@ def main() -> None:
         "command": "python benchmarks/student_fit.py " + " ".join(f"--run {r}" for r in a.run)
                    + f" --train-images {a.train_images}",
         "wall_s": round(time.perf_counter() - t0, 1),
+        "decision_split": "val",
         "figures_split": "train (a fixed sample, no augmentation) and test",
         "environment": environment(),
         "lscpu": lscpu(),
