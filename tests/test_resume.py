@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from edgecnn.config.recipe import resolve_paths
 from tests.conftest import QUICKSTART, REPO, run_cli
 
 # the shortened quickstart: every stage runs, for a few seconds each
@@ -197,8 +198,6 @@ def test_killed_in_every_stage_resumes_byte_identical(stage, full_reference, tmp
 
 def test_a_recipe_s_files_give_the_same_stage_keys_from_any_checkout(tmp_path):
     """Paths are normalized (no `..`), so a run resumed from another checkout reuses its stages."""
-    from edgecnn.config.recipe import resolve_paths
-
     shared = tmp_path / "shared" / "models"
     shared.mkdir(parents=True)
     (shared / "w.pt").write_bytes(b"weights")
