@@ -164,6 +164,25 @@ def test_pick_is_the_fastest_within_budget_across_runtimes_and_says_why():
     assert none["chosen"] is None and "no candidate" in none["reason"]
 
 
+def test_a_size_limit_keeps_larger_files_from_being_deployed_and_says_which():
+    """bench.max_size_kb: the fastest file within budget *and* the limit wins; larger ones are listed, never chosen."""
+    sizes = {"openvino": 259_000, "tflite": 171_800, "onnx": 220_000}
+    entries = [{**_entry(fmt, "int8", p50, 0.89), "size_bytes": sizes[fmt]}
+               for fmt, p50 in (("openvino", 0.169), ("tflite", 0.194), ("onnx", 0.227))]
+    free = pick_deployment(entries, 0.8934, 0.01, "local-cpu")
+    assert free["chosen"]["format"] == "openvino" and free["max_size_kb"] is None
+    assert all(c["within_size"] for c in free["candidates"])
+    pick = pick_deployment(entries, 0.8934, 0.01, "local-cpu", max_size_kb=168)
+    assert pick["chosen"]["format"] == "tflite" and pick["max_size_kb"] == 168
+    assert [c["within_size"] for c in pick["candidates"]] == [False, True, False]
+    assert "within the 1.00-point budget and 168 KB" in pick["reason"]
+    assert "over 168 KB: openvino int8 (openvino-runtime 1) (252.9 KB), onnx int8" in pick["reason"]
+    none = pick_deployment(entries, 0.8934, 0.01, "local-cpu", max_size_kb=100)
+    assert none["chosen"] is None and "within the budget and 100 KB" in none["reason"]
+    unknown = pick_deployment([{**entries[1], "size_bytes": None}], 0.8934, 0.01, "local-cpu", max_size_kb=168)
+    assert unknown["chosen"] is None and unknown["candidates"][0]["within_size"] is False
+
+
 def test_run_lists_openvino_candidates_and_deploys_the_fastest_within_budget(quickstart_report):
     """The quickstart (onnx, tflite, openvino): one file deployed, the fastest within budget of all of them."""
     r = quickstart_report

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecnn.config.recipe import resolve_paths
+from edgecnn.config.recipe import Recipe, resolve_paths
+from edgecnn.pipeline.stages.bench import BenchStage
+from edgecnn.pipeline.stages.quantize import QuantizeStage
 from tests.conftest import QUICKSTART, REPO, run_cli
 
 # the shortened quickstart: every stage runs, for a few seconds each
@@ -206,3 +208,11 @@ def test_a_recipe_s_files_give_the_same_stage_keys_from_any_checkout(tmp_path):
     raw = {"teacher": {"model": "../../shared/models/net.py:Net", "weights": "../../shared/models/w.pt"}}
     seen = [resolve_paths(raw, tmp_path / d / "recipes")["teacher"] for d in ("main", "worktree")]
     assert all(t == {"model": f"{shared / 'net.py'}:Net", "weights": str(shared / "w.pt")} for t in seen), seen
+
+
+def test_a_size_limit_redoes_only_the_deploy_pick():
+    """bench.max_size_kb is not a measurement setting: quantize keeps its key; unset, bench keeps the key it had."""
+    plain, limited = Recipe(), Recipe.model_validate({"bench": {"max_size_kb": 168}})
+    assert QuantizeStage().config(plain) == QuantizeStage().config(limited)
+    assert "max_size_kb" not in BenchStage().config(plain)
+    assert BenchStage().config(limited)["max_size_kb"] == 168

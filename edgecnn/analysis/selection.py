@@ -1,8 +1,9 @@
 """The deployed file of a device: across runtimes and precisions, the fastest whose score is within budget.
 
 Scores are the ones decisions are made on (the validation split of the export and quantize stages,
-measured by the agent); latencies are batch-1 p50s measured on the device itself. The result lists
-every candidate with its runtime, precision, score, p50 and size, and says why the winner won.
+measured by the agent); latencies are batch-1 p50s measured on the device itself. A size limit
+(`bench.max_size_kb`), when set, keeps larger files from being deployed. The result lists every
+candidate with its runtime, precision, score, p50 and size, and says why the winner won.
 """
 
 from __future__ import annotations
@@ -20,13 +21,24 @@ def _label(c: dict) -> str:
     return f"{c['format']} {c['precision']} ({c['runtime'] or c['format']})"
 
 
-def pick_deployment(entries: list[dict], reference: float | None, budget: float, device: str) -> dict | None:
+def _kb(size_bytes: int | None) -> str:
+    return "size unknown" if size_bytes is None else f"{size_bytes / 1024:.1f} KB"
+
+
+def within_size(size_bytes: int | None, max_size_kb: float | None) -> bool:
+    """True when there is no limit, or the file's size is known and at most `max_size_kb` KB (1,024 bytes)."""
+    return max_size_kb is None or (size_bytes is not None and size_bytes <= max_size_kb * 1024)
+
+
+def pick_deployment(
+    entries: list[dict], reference: float | None, budget: float, device: str, max_size_kb: float | None = None
+) -> dict | None:
     """The deployment of one device from its measured model entries.
 
     Each entry has name, format, precision, path, size_bytes, runtime, latency_ms, accuracy (as
     measured on the device) and `decision_score` (None when unknown: then only the p50 counts). Each
-    row's `score` is that decision score. Entries without a p50 are listed, never chosen. None when
-    there is no entry at all.
+    row's `score` is that decision score. Entries without a p50, or larger than `max_size_kb`, are
+    listed, never chosen. None when there is no entry at all.
     """
     if not entries:
         return None
@@ -39,17 +51,20 @@ def pick_deployment(entries: list[dict], reference: float | None, budget: float,
             "name": e["name"], "format": e["format"], "runtime": e.get("runtime"), "precision": e["precision"],
             "inference_precision": e.get("inference_precision"), "path": e.get("path"),
             "size_bytes": e.get("size_bytes"), "score": score, "accuracy": e.get("accuracy"), "p50_ms": p50,
-            "within_budget": ok, "chosen": False,
+            "within_budget": ok, "within_size": within_size(e.get("size_bytes"), max_size_kb), "chosen": False,
         })
-    eligible = sorted((r for r in rows if r["within_budget"] and r["p50_ms"] is not None), key=lambda r: r["p50_ms"])
-    out = {"device": device, "reference_score": reference, "budget": budget, "candidates": rows}
+    eligible = sorted((r for r in rows if r["within_budget"] and r["within_size"] and r["p50_ms"] is not None),
+                      key=lambda r: r["p50_ms"])
+    out = {"device": device, "reference_score": reference, "budget": budget, "max_size_kb": max_size_kb,
+           "candidates": rows}
+    limit = "" if max_size_kb is None else f" and {max_size_kb:g} KB"
     if not eligible:
-        out.update(chosen=None, reason=f"no candidate on {device} has a p50 and a score within the budget")
+        out.update(chosen=None, reason=f"no candidate on {device} has a p50 and a score within the budget{limit}")
         return out
     best = eligible[0]
     best["chosen"] = True
     reason = (f"{_label(best)} of {best['name']} is the fastest of {len(eligible)} candidate(s) within the "
-              f"{100 * budget:.2f}-point budget on {device}: p50 {best['p50_ms']:.3f} ms")
+              f"{100 * budget:.2f}-point budget{limit} on {device}: p50 {best['p50_ms']:.3f} ms")
     if len(eligible) > 1:
         second = eligible[1]
         reason += (f", {second['p50_ms'] / best['p50_ms']:.2f}x faster than the next, {_label(second)} "
@@ -61,5 +76,8 @@ def pick_deployment(entries: list[dict], reference: float | None, budget: float,
         reason += "; over the budget on validation: " + ", ".join(
             f"{_label(r)} ({100 * (r['score'] - reference):+.2f} points)" for r in over
         )
+    large = [r for r in rows if not r["within_size"]]
+    if large:
+        reason += f"; over {max_size_kb:g} KB: " + ", ".join(f"{_label(r)} ({_kb(r['size_bytes'])})" for r in large)
     out.update(chosen={k: best[k] for k in ("name", "format", "runtime", "precision", "path")}, reason=reason)
     return out

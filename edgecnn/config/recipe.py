@@ -222,6 +222,10 @@ class BenchConfig(Section):
     warmup: int = Field(10, ge=0, le=100_000)
     min_iters: int = Field(50, ge=1, le=1_000_000)
     min_seconds: float = Field(1.0, ge=0, le=3600)
+    max_size_kb: float | None = Field(
+        None, gt=0, description="the deployed file's size limit in KB (1,024 bytes): larger files are measured "
+        "and listed, never deployed"
+    )
 
 
 class SweepConfig(Section):

@@ -349,7 +349,8 @@ def device_pick(report: dict, entries: list[dict], device: str) -> dict | None:
     recipe_q = recipe.get("quantize") or {}
     budget = local.get("budget", recipe_q.get("accuracy_budget", 0.01))
     files = [e for e in entries if e["format"] != "pytorch"]
-    pick = pick_deployment(files, local.get("reference_score"), budget, device)
+    max_size_kb = local.get("max_size_kb", (recipe.get("bench") or {}).get("max_size_kb"))
+    pick = pick_deployment(files, local.get("reference_score"), budget, device, max_size_kb)
     for e in entries:
         e["deploy"] = bool(pick and pick["chosen"]) and e in files and all(
             e[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")

@@ -20,7 +20,7 @@ from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import progress_bar
 from edgecnn.devices.profiles import check_local_device
 from edgecnn.pipeline.context import Context, Stage
-from edgecnn.pipeline.stages.common import decision_score, eval_split, load_stage_model
+from edgecnn.pipeline.stages.common import decision_score, eval_split, load_stage_model, measurement_config
 from edgecnn.pipeline.stages.naming import model_name
 from edgecnn.runtime.agent import GPU_RUNTIMES, model_size
 from edgecnn.runtime.host import agent_scores, measured, run_agent_local, save_torchscript, write_eval_npz
@@ -90,7 +90,7 @@ def deployment(ctx: Context, models: list[dict]) -> dict | None:
     """Mark the deployed file among the measured exports (see the module docstring); its summary."""
     files = [m for m in models if m["format"] != "pytorch"]
     budget = (ctx.recipe.quantize or QuantizeConfig()).accuracy_budget
-    pick = pick_deployment(files, reference_score(ctx), budget, ctx.recipe.bench.device)
+    pick = pick_deployment(files, reference_score(ctx), budget, ctx.recipe.bench.device, ctx.recipe.bench.max_size_kb)
     for m in models:
         m["deploy"] = bool(pick and pick["chosen"]) and m in files and all(
             m[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
@@ -104,7 +104,8 @@ class BenchStage(Stage):
     data_reads = ("eval_samples",)
 
     def config(self, recipe: Recipe) -> dict:
-        return recipe_dict(recipe)["bench"]
+        bench = recipe_dict(recipe)["bench"]
+        return bench if bench["max_size_kb"] is not None else measurement_config(bench)  # keys as before the limit
 
     def run(self, ctx: Context, out: Path) -> dict:
         cfg = ctx.recipe.bench

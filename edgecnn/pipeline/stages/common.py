@@ -29,6 +29,11 @@ def file_fingerprint(path: str | None) -> str | None:
     return None
 
 
+def measurement_config(bench: dict) -> dict:
+    """The bench section's timing settings (what a stage's measurements depend on), without the deploy limits."""
+    return {k: v for k, v in bench.items() if k != "max_size_kb"}
+
+
 def load_stage_model(ctx: Context, stage: str) -> tuple[nn.Module, ModelInfo | None]:
     """The PyTorch model a finished stage produced (a TorchScript teacher has no ModelInfo)."""
     r = ctx.results[stage]

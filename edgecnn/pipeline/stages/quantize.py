@@ -49,6 +49,7 @@ from edgecnn.pipeline.stages.common import (
     decision_split,
     eval_split,
     load_stage_model,
+    measurement_config,
     score_fields,
 )
 from edgecnn.pipeline.stages.export import gate
@@ -75,7 +76,7 @@ class QuantizeStage(Stage):
         return {
             "quantize": r["quantize"],
             "formats": r["export"]["formats"],
-            "bench": r["bench"],
+            "bench": measurement_config(r["bench"]),
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
