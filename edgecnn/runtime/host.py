@@ -69,6 +69,16 @@ def write_eval_npz(data: Dataset, split: Split, path: Path, head: dict | None = 
             )
 
 
+def write_timing_npz(npz: Path, path: Path) -> None:
+    """A batch of the first image of evaluation batch `npz` (same normalisation and head): for timing only, so
+    the agent's scoring pass costs one image."""
+    with np.load(npz) as z:
+        arrays = {k: z[k][:1] if k in ("x", "y") else z[k] for k in z.files}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
 def save_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
     """Trace a model to TorchScript (how PyTorch models are benchmarked by the agent)."""
     model = model.eval()
