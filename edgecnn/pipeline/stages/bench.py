@@ -114,6 +114,22 @@ def deployment(ctx: Context, models: list[dict]) -> dict | None:
     return pick
 
 
+def agent_run(ctx: Context, c: dict, target: Path, npz: Path, predictions_out: Path | None = None) -> dict:
+    """The agent's result for candidate `c` (as file `target`) on batch `npz`, with the recipe's bench settings."""
+    cfg = ctx.recipe.bench
+    return run_agent_local(
+        target,
+        npz,
+        threads=cfg.threads,
+        runtime=GPU_RUNTIMES[c["format"]] if cfg.device == "local-gpu" else "auto",
+        warmup=cfg.warmup,
+        min_iters=cfg.min_iters,
+        min_seconds=cfg.min_seconds,
+        decoder=ctx.task.decoder_file(),
+        predictions_out=predictions_out,
+    )
+
+
 CONFIRM_ROUNDS = 2
 """Alternating rounds of extra timing for the files that could win the deploy pick."""
 CONTENDER_SPREAD = 1.5
@@ -172,9 +188,7 @@ class BenchStage(Stage):
             "rounds[/dim]")
         for r in range(CONFIRM_ROUNDS):
             for c, m in rivals[::-1] if r % 2 == 0 else rivals:
-                again = run_agent_local(c["file"], timing[batches[c["source"]][0]], threads=cfg.threads,
-                                        runtime=GPU_RUNTIMES[c["format"]] if cfg.device == "local-gpu" else "auto",
-                                        warmup=cfg.warmup, min_iters=cfg.min_iters, min_seconds=cfg.min_seconds)
+                again = agent_run(ctx, c, c["file"], timing[batches[c["source"]][0]])
                 m.setdefault("latency_rounds_p50_ms", [m["latency_ms"]["p50"]]).append(again["latency_ms"]["p50"])
                 if again["latency_ms"]["p50"] < m["latency_ms"]["p50"]:
                     m["latency_ms"] = again["latency_ms"]
@@ -209,17 +223,7 @@ class BenchStage(Stage):
             model, _ = load_stage_model(ctx, c["stage"])
             target = out / f"{c['stage']}.ts"
             save_torchscript(model, ctx.data.input_shape, target)
-        m = run_agent_local(
-            target,
-            npz,
-            threads=cfg.threads,
-            runtime=GPU_RUNTIMES[c["format"]] if cfg.device == "local-gpu" else "auto",
-            warmup=cfg.warmup,
-            min_iters=cfg.min_iters,
-            min_seconds=cfg.min_seconds,
-            decoder=decoder,
-            predictions_out=preds,
-        )
+        m = agent_run(ctx, c, target, npz, predictions_out=preds)
         scores = agent_scores(ctx.task, preds, eval_split(ctx), head) if preds else None
         if preds:
             preds.unlink()
