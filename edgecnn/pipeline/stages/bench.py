@@ -134,7 +134,7 @@ def agent_run(ctx: Context, c: dict, target: Path, npz: Path, predictions_out: P
 CONFIRM_ROUNDS = 2
 """Alternating rounds of extra timing for the files that could win the deploy pick."""
 CONTENDER_SPREAD = 1.5
-"""Files within this factor of the fastest eligible p50 are timed again (a slow spell read 1.4x once)."""
+"""Files within this factor of the fastest eligible p50 are timed again (a slow spell once read 1.25x)."""
 
 
 def contenders(rows: list[dict]) -> list[int]:
@@ -178,13 +178,13 @@ class BenchStage(Stage):
         keep = contenders(first["candidates"]) if first and first["chosen"] else []
         if len(keep) < 2:
             return
-        timing = {}
-        for c, _ in files:
-            npz = batches[c["source"]][0]
-            timing.setdefault(npz, out / f"timing.{npz.stem}.npz")
-            if not timing[npz].exists():
-                write_timing_npz(npz, timing[npz])
         rivals = [(c, m) for i, (c, m) in enumerate(files) if i in keep]
+        timing: dict[Path, Path] = {}
+        for c, _ in rivals:
+            npz = batches[c["source"]][0]
+            if npz not in timing:
+                timing[npz] = out / f"timing.{npz.stem}.npz"
+                write_timing_npz(npz, timing[npz])
         log(f"[dim]bench: timing the {len(rivals)} files that could be deployed again, {CONFIRM_ROUNDS} alternating "
             "rounds[/dim]")
         for r in range(CONFIRM_ROUNDS):
