@@ -30,6 +30,11 @@ def within_size(size_bytes: int | None, max_size_kb: float | None) -> bool:
     return max_size_kb is None or (size_bytes is not None and size_bytes <= max_size_kb * 1024)
 
 
+def eligible(row: dict) -> bool:
+    """A candidate row that may be deployed: measured, within the accuracy budget and the size limit."""
+    return row["within_budget"] and row["within_size"] and row["p50_ms"] is not None
+
+
 def pick_deployment(
     entries: list[dict], reference: float | None, budget: float, device: str, max_size_kb: float | None = None
 ) -> dict | None:
@@ -53,20 +58,19 @@ def pick_deployment(
             "size_bytes": e.get("size_bytes"), "score": score, "accuracy": e.get("accuracy"), "p50_ms": p50,
             "within_budget": ok, "within_size": within_size(e.get("size_bytes"), max_size_kb), "chosen": False,
         })
-    eligible = sorted((r for r in rows if r["within_budget"] and r["within_size"] and r["p50_ms"] is not None),
-                      key=lambda r: r["p50_ms"])
+    ranked = sorted(filter(eligible, rows), key=lambda r: r["p50_ms"])
     out = {"device": device, "reference_score": reference, "budget": budget, "max_size_kb": max_size_kb,
            "candidates": rows}
     limit = "" if max_size_kb is None else f" and {max_size_kb:g} KB"
-    if not eligible:
+    if not ranked:
         out.update(chosen=None, reason=f"no candidate on {device} has a p50 and a score within the budget{limit}")
         return out
-    best = eligible[0]
+    best = ranked[0]
     best["chosen"] = True
-    reason = (f"{_label(best)} of {best['name']} is the fastest of {len(eligible)} candidate(s) within the "
+    reason = (f"{_label(best)} of {best['name']} is the fastest of {len(ranked)} candidate(s) within the "
               f"{100 * budget:.2f}-point budget{limit} on {device}: p50 {best['p50_ms']:.3f} ms")
-    if len(eligible) > 1:
-        second = eligible[1]
+    if len(ranked) > 1:
+        second = ranked[1]
         reason += (f", {second['p50_ms'] / best['p50_ms']:.2f}x faster than the next, {_label(second)} "
                    f"({second['p50_ms']:.3f} ms)")
     if best["score"] is not None and reference is not None:

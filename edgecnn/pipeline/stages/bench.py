@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.analysis.selection import pick_deployment
+from edgecnn.analysis.selection import eligible, pick_deployment
 from edgecnn.config.recipe import QuantizeConfig, Recipe, recipe_dict
 from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import log, progress_bar
@@ -99,11 +99,16 @@ def reference_score(ctx: Context) -> float | None:
     return next((decision_score(f, "reference_") for f in files if decision_score(f, "reference_") is not None), None)
 
 
+def deploy_pick(ctx: Context, files: list[dict]) -> dict | None:
+    """The deploy pick among measured exported files, with the recipe's accuracy budget and size limit."""
+    budget = (ctx.recipe.quantize or QuantizeConfig()).accuracy_budget
+    return pick_deployment(files, reference_score(ctx), budget, ctx.recipe.bench.device, ctx.recipe.bench.max_size_kb)
+
+
 def deployment(ctx: Context, models: list[dict]) -> dict | None:
     """Mark the deployed file among the measured exports (see the module docstring); its summary."""
     files = [m for m in models if m["format"] != "pytorch"]
-    budget = (ctx.recipe.quantize or QuantizeConfig()).accuracy_budget
-    pick = pick_deployment(files, reference_score(ctx), budget, ctx.recipe.bench.device, ctx.recipe.bench.max_size_kb)
+    pick = deploy_pick(ctx, files)
     for m in models:
         m["deploy"] = bool(pick and pick["chosen"]) and m in files and all(
             m[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
@@ -139,11 +144,11 @@ CONTENDER_SPREAD = 1.5
 
 def contenders(rows: list[dict]) -> list[int]:
     """Indices of the first pick's candidate rows that could win: eligible, within CONTENDER_SPREAD of the fastest."""
-    eligible = [i for i, r in enumerate(rows) if r["within_budget"] and r["within_size"] and r["p50_ms"] is not None]
-    if not eligible:
+    ok = [i for i, r in enumerate(rows) if eligible(r)]
+    if not ok:
         return []
-    fastest = min(rows[i]["p50_ms"] for i in eligible)
-    return [i for i in eligible if rows[i]["p50_ms"] <= CONTENDER_SPREAD * fastest]
+    fastest = min(rows[i]["p50_ms"] for i in ok)
+    return [i for i in ok if rows[i]["p50_ms"] <= CONTENDER_SPREAD * fastest]
 
 
 class BenchStage(Stage):
@@ -171,10 +176,8 @@ class BenchStage(Stage):
     @staticmethod
     def _retime_contenders(ctx: Context, todo: list[dict], models: list[dict], batches: dict, out: Path) -> None:
         """Time the files that could win the pick again, side by side; each keeps its best round's latency."""
-        cfg = ctx.recipe.bench
-        budget = (ctx.recipe.quantize or QuantizeConfig()).accuracy_budget
         files = [(c, m) for c, m in zip(todo, models, strict=True) if m["format"] != "pytorch"]
-        first = pick_deployment([m for _, m in files], reference_score(ctx), budget, cfg.device, cfg.max_size_kb)
+        first = deploy_pick(ctx, [m for _, m in files])
         keep = contenders(first["candidates"]) if first and first["chosen"] else []
         if len(keep) < 2:
             return
