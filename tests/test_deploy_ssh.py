@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, _free_port
 
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, contenders, eligible
+
 
 def deploy_cli(*args: str, devices: Path, ssh_config: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m edgecnn ARGS` with EDGECNN_DEVICES (and EDGECNN_SSH_CONFIG) set."""
@@ -59,6 +61,17 @@ def test_deploy_over_ssh_matches_local_bench(sshd, run_copy, tmp_path):
         assert e["size_bytes"] == ref["size_bytes"]
 
     report = json.loads((run_copy / "report.json").read_text())
+    # the files that could win the device's pick were timed again there, side by side; each kept its best round
+    pick = report["deployments"]["loopback"]
+    first = [{**c, "p50_ms": next(e for e in entries if e["path"] == c["path"])["latency_rounds_p50_ms"][0]}
+             for c in pick["candidates"]]
+    expected = sorted(first[i]["path"] for i in contenders(first))
+    retimed = sorted(e["path"] for e in entries if len(e["latency_rounds_p50_ms"]) == 1 + CONFIRM_ROUNDS)
+    assert retimed == (expected if len(expected) >= 2 else [])
+    assert all(e["latency_ms"]["p50"] == min(e["latency_rounds_p50_ms"]) for e in entries)
+    assert (f"best of {1 + CONFIRM_ROUNDS} alternating rounds" in pick["reason"]) == bool(retimed)
+    chosen = next(c for c in pick["candidates"] if c["chosen"])
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in pick["candidates"] if eligible(c))
     assert report["models"][: len(before)] == before  # local entries kept as they were
     assert len(report["models"]) == len(before) + len(entries)
     assert report["deployments"]["loopback"]["transport"] == "ssh"

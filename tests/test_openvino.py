@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgecnn.analysis.selection import pick_deployment
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, contenders, pick_deployment
 from edgecnn.compression.export import export_onnx
 from edgecnn.compression.openvino_ir import (
     cpu_capabilities,
@@ -25,7 +25,6 @@ from edgecnn.core.environment import cpu_flags
 from edgecnn.core.errors import UserError
 from edgecnn.data.datasets import load_data
 from edgecnn.models.files import ModelInfo, build_model
-from edgecnn.pipeline.stages.bench import CONFIRM_ROUNDS, contenders
 from edgecnn.runtime.checks import check_model_file
 from edgecnn.runtime.host import parity, run_agent_local, runtime_logits, write_eval_npz
 from edgecnn.tasks.registry import get_task

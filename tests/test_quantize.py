@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 from conftest import QUICKSTART, run_cli
 
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, alternating_rounds, near_fastest
 from edgecnn.compression.int8_select import choose
 from edgecnn.runtime import agent
 
@@ -40,6 +41,32 @@ def test_auto_lists_measured_candidates_and_prefers_one_precision_per_runtime(qu
             chosen = next(c for c in q["candidates"][fmt] if c["chosen"])
             fp32_row = next(c for c in q["candidates"][fmt] if c["config"] == "fp32")
             assert chosen["p50_ms"] < fp32_row["p50_ms"] and int8["latency_ms"]["p50"] > 0
+
+
+def test_each_runtime_times_its_fp32_file_and_the_int8_files_that_could_win_again(quickstart_report):
+    """The int8-vs-fp32 choice and the choice among int8 configs rest on side-by-side rounds, not one timing each."""
+    q = quickstart_report["stages"]["quantize"]
+    for fmt in ("onnx", "tflite", "openvino"):
+        rows = [c for c in q["candidates"][fmt] if c["precision"] in ("fp32", "int8")]
+        for c in rows:
+            assert len(c["latency_rounds_p50_ms"]) in (1, 1 + CONFIRM_ROUNDS)
+            assert c["p50_ms"] == min(c["latency_rounds_p50_ms"])
+        ok = [c for c in rows if c["within_budget"]]  # fp32 first, then the int8 files within budget
+        expected = [ok[i] for i in near_fastest([c["latency_rounds_p50_ms"][0] for c in ok])]
+        retimed = [c for c in rows if len(c["latency_rounds_p50_ms"]) > 1]
+        assert retimed == (expected if len(expected) >= 2 else []), fmt
+        chosen = next(c for c in rows if c["chosen"])
+        fp32 = next(c for c in rows if c["config"] == "fp32")
+        assert (q["deploy"][fmt] == "int8") == (chosen["p50_ms"] < fp32["p50_ms"])  # on the best rounds
+        assert q["files"][fmt]["fp32_p50_ms"] == fp32["p50_ms"]
+
+
+def test_alternating_rounds_flip_the_order_and_keep_each_files_results():
+    calls = []
+    rounds = alternating_rounds(3, lambda i: calls.append(i) or 10 * i + len(calls), rounds=2)
+    assert calls == [2, 1, 0, 0, 1, 2]
+    assert rounds == [[3, 4], [12, 15], [21, 26]]
+    assert near_fastest([1.0, 1.5, 1.51, 2.0]) == [0, 1] and near_fastest([]) == []
 
 
 def test_choose_takes_the_fastest_within_budget_on_validation_or_none():

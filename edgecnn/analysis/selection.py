@@ -4,9 +4,18 @@ Scores are the ones decisions are made on (the validation split of the export an
 measured by the agent); latencies are batch-1 p50s measured on the device itself. A size limit
 (`bench.max_size_kb`), when set, keeps larger files from being deployed. The result lists every
 candidate with its runtime, precision, score, p50 and size, and says why the winner won.
+
+Files timed once, one after another, are compared across minutes in which a shared host's speed
+drifts by 10-30%, enough to flip a pick. So every pick (the quantize stage's within a runtime, the
+bench stage's and `edgecnn deploy`'s across runtimes) first times each file once, then times the
+files that could win (`contenders`) again in CONFIRM_ROUNDS alternating rounds (`alternating_rounds`,
+order flipped each round) and keeps each one's best round.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 # Accuracies are float32 ratios (0.97 is 0.9700000286...): a loss equal to the budget must pass.
 ACCURACY_TOLERANCE = 1e-6
@@ -33,6 +42,41 @@ def within_size(size_bytes: int | None, max_size_kb: float | None) -> bool:
 def eligible(row: dict) -> bool:
     """A candidate row that may be deployed: measured, within the accuracy budget and the size limit."""
     return row["within_budget"] and row["within_size"] and row["p50_ms"] is not None
+
+
+CONFIRM_ROUNDS = 2
+"""Alternating rounds of extra timing for the files that could win a pick."""
+CONTENDER_SPREAD = 1.5
+"""Files within this factor of the fastest eligible p50 are timed again (a slow spell once read 1.25x)."""
+
+T = TypeVar("T")
+
+
+def near_fastest(p50s: list[float]) -> list[int]:
+    """Indices of the p50s within CONTENDER_SPREAD of the smallest (none for an empty list)."""
+    return [i for i, p in enumerate(p50s) if p <= CONTENDER_SPREAD * min(p50s)] if p50s else []
+
+
+def contenders(rows: list[dict]) -> list[int]:
+    """Indices of a first pick's candidate rows that could win: eligible, within CONTENDER_SPREAD of the fastest."""
+    ok = [i for i, r in enumerate(rows) if eligible(r)]
+    return [ok[i] for i in near_fastest([rows[i]["p50_ms"] for i in ok])]
+
+
+def alternating_rounds(n: int, time_one: Callable[[int], T], rounds: int = CONFIRM_ROUNDS) -> list[list[T]]:
+    """`time_one(i)` for i in 0..n-1, `rounds` times, in reversed then forward order by turns; per i, its results."""
+    out: list[list[T]] = [[] for _ in range(n)]
+    for r in range(rounds):
+        for i in (range(n - 1, -1, -1) if r % 2 == 0 else range(n)):
+            out[i].append(time_one(i))
+    return out
+
+
+def keep_best_round(entry: dict, again: list[dict]) -> None:
+    """Add a report entry's extra timing rounds (agent `latency_ms` dicts) to its `latency_rounds_p50_ms`; the
+    entry keeps its best round's `latency_ms`."""
+    entry.setdefault("latency_rounds_p50_ms", [entry["latency_ms"]["p50"]]).extend(lat["p50"] for lat in again)
+    entry["latency_ms"] = min([entry["latency_ms"], *again], key=lambda lat: lat["p50"])
 
 
 def pick_deployment(
@@ -85,3 +129,11 @@ def pick_deployment(
         reason += f"; over {max_size_kb:g} KB: " + ", ".join(f"{_label(r)} ({_kb(r['size_bytes'])})" for r in large)
     out.update(chosen={k: best[k] for k in ("name", "format", "runtime", "precision", "path")}, reason=reason)
     return out
+
+
+def note_retimed(pick: dict | None, entries: list[dict]) -> None:
+    """Add to a pick's reason how many of its files' p50s are the best of several rounds (`latency_rounds_p50_ms`)."""
+    retimed = sum(len(e.get("latency_rounds_p50_ms") or ()) > 1 for e in entries)
+    if pick and pick["chosen"] and retimed:
+        pick["reason"] += (f"; the p50s of the {retimed} files that could win are each the best of "
+                           f"{1 + CONFIRM_ROUNDS} alternating rounds")

@@ -1,9 +1,10 @@
 """Choosing an int8 model by measurement: candidates, their accuracy and latency, the winner.
 
 Every candidate file is measured by the agent (edgecnn/runtime/agent.py, in its own process) on the
-validation and test images and at batch 1, exactly as the bench stage measures it. The winner is
-the fastest candidate within the accuracy budget on the validation split (`val_accuracy`; the
-test accuracy is only reported); it is deployed only where it beats fp32.
+validation and test images and at batch 1, exactly as the bench stage measures it; the files that
+could win are then timed again side by side (`retime`). The winner is the fastest candidate within
+the accuracy budget on the validation split (`val_accuracy`; the test accuracy is only reported);
+it is deployed only where it beats fp32.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.analysis.selection import within_budget
+from edgecnn.analysis.selection import alternating_rounds, within_budget
 from edgecnn.config.recipe import BenchConfig, OnnxQuantConfig, OpenvinoQuantConfig
 from edgecnn.runtime.host import run_agent_local
 
@@ -65,20 +66,17 @@ def _describe(config: dict) -> str:
     return f"{config['format']} {act}-act {config['method']}{pc}{rr}"
 
 
+def _agent(path: Path, npz: Path, bench: BenchConfig, decoder: Path | None, logits_out: Path | None = None) -> dict:
+    return run_agent_local(path, npz, threads=bench.threads, warmup=bench.warmup, min_iters=bench.min_iters,
+                           min_seconds=min(bench.min_seconds, 0.5), logits_out=logits_out, decoder=decoder)
+
+
 def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path, decoder: Path | None = None) -> dict:
     """Raw outputs (every image of `npz`; `logits`), accuracy (classification) and batch-1 latency of one file,
     by the agent (a detector's batch decoded there by `decoder`)."""
-    m = run_agent_local(
-        path,
-        npz,
-        threads=bench.threads,
-        warmup=bench.warmup,
-        min_iters=bench.min_iters,
-        min_seconds=min(bench.min_seconds, 0.5),
-        logits_out=logits_out,
-        decoder=decoder,
-    )
+    m = _agent(path, npz, bench, decoder, logits_out)
     return {
+        "path": path,
         "accuracy": m["accuracy"],
         "p50_ms": m["latency_ms"]["p50"],
         "threads": m["threads"],
@@ -86,6 +84,16 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path, decoder
         "inference_precision": m.get("inference_precision"),
         "logits": np.load(logits_out),
     }
+
+
+def retime(files: list[dict], timing_npz: Path, bench: BenchConfig, decoder: Path | None = None) -> None:
+    """Time measured files (`measure` results) again in alternating rounds on `timing_npz` (one image,
+    write_timing_npz); each keeps its best round's `p50_ms` and lists its rounds in `latency_rounds_p50_ms`."""
+    rounds = alternating_rounds(len(files), lambda i: _agent(files[i]["path"], timing_npz, bench,
+                                                             decoder)["latency_ms"]["p50"])
+    for f, again in zip(files, rounds, strict=True):
+        f["latency_rounds_p50_ms"] = [f["p50_ms"], *again]
+        f["p50_ms"] = min(f["latency_rounds_p50_ms"])
 
 
 def choose(candidates: list[dict], reference_accuracy: float, budget: float, key: str = "val_accuracy") -> dict | None:

@@ -3,7 +3,9 @@
 The device gets a fresh work directory with the models it can run (by its profile's preferred
 runtimes; an OpenVINO .xml travels with its .bin), `edgecnn/runtime/agent.py` and the run's
 evaluation batch (`bench/eval.npz`); the agent runs there once per model and prints JSON, which
-comes back as report.json model entries with `device` set to the device's name. A decoding
+comes back as report.json model entries with `device` set to the device's name. The files that
+could win the device's deploy pick are then timed again there, in alternating rounds on a one-image
+batch, each keeping its best round (`latency_rounds_p50_ms`, analysis/selection.py). A decoding
 task's batch (a detector's, a keypoint model's) carries its task and head spec: the task's numpy
 decoder (decode.py) travels beside the agent, the device decodes (and runs NMS), and the
 predictions come back in the JSON to be scored here (COCO mAP, OKS AP by pycocotools), exactly
@@ -19,22 +21,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecnn.analysis.selection import pick_deployment
+from edgecnn.analysis.selection import (
+    CONFIRM_ROUNDS,
+    alternating_rounds,
+    contenders,
+    keep_best_round,
+    note_retimed,
+    pick_deployment,
+)
 from edgecnn.analysis.stats import classification_fields
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
 from edgecnn.devices.profiles import DeviceProfile, Transport, get_profile, transport_for
 from edgecnn.runtime.agent import FORMAT_RUNTIMES, MODEL_EXTENSIONS, model_size
 from edgecnn.runtime.checks import check_model_file
-from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured
+from edgecnn.runtime.host import AGENT_PATH, MEASURED, measured, write_timing_npz
 from edgecnn.runtime.int8_proof import ENTRY_KEYS
 from edgecnn.tasks.base import Task
 from edgecnn.tasks.registry import get_task
 
 AGENT_TIMEOUT = 3600
+TIMING_NPZ = "timing.npz"  # the one-image batch the files that could win are timed again on
 PRECISION_TAGS = ("int8", "bf16", "fp16")  # model.<tag>.<ext>: the precision of a single deployed file
 STAGE_OF = {"teacher": "teacher", "student": "distill"}
 
@@ -201,6 +212,7 @@ def _entry(job: Job, m: dict, profile: DeviceProfile, batch: Batch | None = None
     entry = {
         **job.base,
         **measured(m, scores),
+        "latency_rounds_p50_ms": [m["latency_ms"]["p50"]],
         "device": profile.name,
         "emulated": profile.emulated,
         "machine": m["machine"],
@@ -220,6 +232,7 @@ def _failed_entry(job: Job, profile: DeviceProfile, runtime: str, why: str, task
         **dict.fromkeys(MEASURED),
         **unscored,
         "runtime": runtime,
+        "latency_rounds_p50_ms": [],
         "device": profile.name,
         "emulated": profile.emulated,
         "notes": [why],
@@ -238,11 +251,13 @@ def benchmark_on_device(
     min_iters: int = 50,
     keep: bool = False,
     strict: bool = False,
+    pick: Callable[[list[dict]], dict | None] | None = None,
     log=None,
 ) -> tuple[list[dict], dict]:
     """Copy the jobs, the agent and the batch to a fresh work dir on the device, run them, clean up.
 
     A model the agent fails on becomes an entry with null measurements and a note, unless `strict`.
+    With `pick` (the deploy pick of a list of entries), the files that could win it are timed again there.
     """
     for j in jobs:
         if j.format not in profile.formats():
@@ -281,32 +296,22 @@ def benchmark_on_device(
             )
         staged = [(j, rt, _remote_name(j, run_dir)) for j, rt in plan]
         _put_renamed(transport, [f for j, _, name in staged for f in _with_companions(j.file, name)], workdir)
+
+        def agent(name: str, rt: str, data: str) -> list[str]:
+            return [
+                *python, AGENT_PATH.name, "--model", name, "--data", data, "--runtime", rt,
+                "--threads", str(profile.threads if threads is None else threads),
+                "--min-seconds", str(min_seconds), "--warmup", str(warmup), "--min-iters", str(min_iters),
+                *(["--decoder", "decode.py", "--predictions-inline"] if decoder is not None else []),
+            ]
+
         entries = []
         for j, rt, name in staged:
             if log:
                 log(f"{profile.name}: {j.base['name']} {j.format} {j.base['precision']} on {rt}")
-            argv = [
-                *python,
-                AGENT_PATH.name,
-                "--model",
-                name,
-                "--data",
-                npz.name,
-                "--runtime",
-                rt,
-                "--threads",
-                str(profile.threads if threads is None else threads),
-                "--min-seconds",
-                str(min_seconds),
-                "--warmup",
-                str(warmup),
-                "--min-iters",
-                str(min_iters),
-                *(["--decoder", "decode.py", "--predictions-inline"] if decoder is not None else []),
-            ]
             try:
                 check_model_file(j.file)  # a damaged file never reaches the runtime's parser
-                proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
+                proc = transport.run(agent(name, rt, npz.name), workdir, timeout=AGENT_TIMEOUT)
                 entries.append(_entry(j, _agent_json(proc, profile, j.file.name), profile, batch))
             except UserError as e:  # one model failing there: recorded, the others still measured
                 if strict:
@@ -314,10 +319,39 @@ def benchmark_on_device(
                 if log:
                     log(f"{profile.name}: {e}")
                 entries.append(_failed_entry(j, profile, rt, str(e), batch.task.name))
+        if pick is not None:
+            _retime(transport, workdir, npz, pick, [(e, agent(name, rt, TIMING_NPZ)) for e, (_, rt, name)
+                                                    in zip(entries, staged, strict=True)], profile, log)
     finally:
         if not keep:
             transport.remove(workdir)
     return entries, info
+
+
+def _retime(transport: Transport, workdir: str, npz: Path, pick: Callable[[list[dict]], dict | None],
+            measured: list[tuple[dict, list[str]]], profile: DeviceProfile, log=None) -> None:
+    """Time the files that could win the pick again on the device, in alternating rounds on a one-image batch;
+    each entry keeps its best round (analysis/selection.py)."""
+    files = [(e, argv) for e, argv in measured if e["format"] != "pytorch"]
+    first = pick([e for e, _ in files])
+    keep = contenders(first["candidates"]) if first and first["chosen"] else []
+    if len(keep) < 2:
+        return
+    rivals = [files[i] for i in keep]
+    with tempfile.TemporaryDirectory(prefix="edgecnn-deploy-") as tmp:
+        write_timing_npz(npz, Path(tmp) / TIMING_NPZ)
+        transport.put([Path(tmp) / TIMING_NPZ], workdir)
+    if log:
+        log(f"{profile.name}: timing the {len(rivals)} files that could be deployed again, "
+            f"{CONFIRM_ROUNDS} alternating rounds")
+
+    def time_one(i: int) -> dict:
+        entry, argv = rivals[i]
+        proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
+        return _agent_json(proc, profile, Path(entry["path"]).name)["latency_ms"]
+
+    for (e, _), again in zip(rivals, alternating_rounds(len(rivals), time_one), strict=True):
+        keep_best_round(e, again)
 
 
 def _put_renamed(transport: Transport, files: list[tuple[Path, str]], workdir: str) -> None:
@@ -355,6 +389,7 @@ def device_pick(report: dict, entries: list[dict], device: str) -> dict | None:
         e["deploy"] = bool(pick and pick["chosen"]) and e in files and all(
             e[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
         )
+    note_retimed(pick, files)
     return pick
 
 
@@ -409,6 +444,7 @@ def deploy(
             warmup=bench.get("warmup", 10),
             min_iters=bench.get("min_iters", 50),
             keep=keep,
+            pick=lambda entries: device_pick(report, entries, profile.name),
             log=log,
         )
         deployment = {

@@ -9,18 +9,24 @@ files (every runtime and precision), the one marked `deploy` is the fastest here
 score (validation accuracy, export/quantize stages) is within quantize.accuracy_budget of fp32 PyTorch's
 (analysis/selection.py); the stage's `deployment` lists every candidate and says why it won.
 
-Each file is timed once, one after another, and a shared host's speed drifts by 10-30% within
-minutes, enough to flip the pick. So the files that could win (within budget and size, and within
-CONTENDER_SPREAD of the fastest p50) are timed again in CONFIRM_ROUNDS alternating rounds (order
-flipped each round); each keeps the latency of its best round (`latency_rounds_p50_ms` lists every
-model's rounds: one for the rest).
+Each file is timed once, one after another; the files that could win (within budget and size, and
+within CONTENDER_SPREAD of the fastest p50) are then timed again in CONFIRM_ROUNDS alternating rounds
+on a one-image batch (analysis/selection.py); each keeps the latency of its best round
+(`latency_rounds_p50_ms` lists every model's rounds: one for the rest).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.analysis.selection import eligible, pick_deployment
+from edgecnn.analysis.selection import (
+    CONFIRM_ROUNDS,
+    alternating_rounds,
+    contenders,
+    keep_best_round,
+    note_retimed,
+    pick_deployment,
+)
 from edgecnn.config.recipe import QuantizeConfig, Recipe, recipe_dict
 from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import log, progress_bar
@@ -113,10 +119,7 @@ def deployment(ctx: Context, models: list[dict]) -> dict | None:
         m["deploy"] = bool(pick and pick["chosen"]) and m in files and all(
             m[k] == pick["chosen"][k] for k in ("name", "format", "precision", "path")
         )
-    retimed = sum(len(m["latency_rounds_p50_ms"]) > 1 for m in files)
-    if pick and pick["chosen"] and retimed:
-        pick["reason"] += (f"; the p50s of the {retimed} files that could win are each the best of "
-                           f"{1 + CONFIRM_ROUNDS} alternating rounds")
+    note_retimed(pick, files)
     return pick
 
 
@@ -134,21 +137,6 @@ def agent_run(ctx: Context, c: dict, target: Path, npz: Path, predictions_out: P
         decoder=ctx.task.decoder_file(),
         predictions_out=predictions_out,
     )
-
-
-CONFIRM_ROUNDS = 2
-"""Alternating rounds of extra timing for the files that could win the deploy pick."""
-CONTENDER_SPREAD = 1.5
-"""Files within this factor of the fastest eligible p50 are timed again (a slow spell once read 1.25x)."""
-
-
-def contenders(rows: list[dict]) -> list[int]:
-    """Indices of the first pick's candidate rows that could win: eligible, within CONTENDER_SPREAD of the fastest."""
-    ok = [i for i, r in enumerate(rows) if eligible(r)]
-    if not ok:
-        return []
-    fastest = min(rows[i]["p50_ms"] for i in ok)
-    return [i for i in ok if rows[i]["p50_ms"] <= CONTENDER_SPREAD * fastest]
 
 
 class BenchStage(Stage):
@@ -190,12 +178,10 @@ class BenchStage(Stage):
                 write_timing_npz(npz, timing[npz])
         log(f"[dim]bench: timing the {len(rivals)} files that could be deployed again, {CONFIRM_ROUNDS} alternating "
             "rounds[/dim]")
-        for r in range(CONFIRM_ROUNDS):
-            for c, m in rivals[::-1] if r % 2 == 0 else rivals:
-                again = agent_run(ctx, c, c["file"], timing[batches[c["source"]][0]])
-                m["latency_rounds_p50_ms"].append(again["latency_ms"]["p50"])
-                if again["latency_ms"]["p50"] < m["latency_ms"]["p50"]:
-                    m["latency_ms"] = again["latency_ms"]
+        rounds = alternating_rounds(len(rivals), lambda i: agent_run(
+            ctx, rivals[i][0], rivals[i][0]["file"], timing[batches[rivals[i][0]["source"]][0]])["latency_ms"])
+        for (_, m), again in zip(rivals, rounds, strict=True):
+            keep_best_round(m, again)
         for f in timing.values():
             f.unlink()
 
