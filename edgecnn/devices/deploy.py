@@ -329,10 +329,10 @@ def benchmark_on_device(
 
 
 def _retime(transport: Transport, workdir: str, npz: Path, pick: Callable[[list[dict]], dict | None],
-            measured: list[tuple[dict, list[str]]], profile: DeviceProfile, log=None) -> None:
+            runs: list[tuple[dict, list[str]]], profile: DeviceProfile, log=None) -> None:
     """Time the files that could win the pick again on the device, in alternating rounds on a one-image batch;
     each entry keeps its best round (analysis/selection.py)."""
-    files = [(e, argv) for e, argv in measured if e["format"] != "pytorch"]
+    files = [(e, argv) for e, argv in runs if e["format"] != "pytorch"]
     first = pick([e for e, _ in files])
     keep = contenders(first["candidates"]) if first and first["chosen"] else []
     if len(keep) < 2:
@@ -350,7 +350,13 @@ def _retime(transport: Transport, workdir: str, npz: Path, pick: Callable[[list[
         proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
         return _agent_json(proc, profile, Path(entry["path"]).name)["latency_ms"]
 
-    for (e, _), again in zip(rivals, alternating_rounds(len(rivals), time_one), strict=True):
+    try:
+        rounds = alternating_rounds(len(rivals), time_one)
+    except UserError as e:  # the first measurements stand; nothing is lost to a failed extra round
+        if log:
+            log(f"{profile.name}: timing again failed, keeping the first timings ({e})")
+        return
+    for (e, _), again in zip(rivals, rounds, strict=True):
         keep_best_round(e, again)
 
 
