@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgecnn.analysis.selection import CONFIRM_ROUNDS, contenders, pick_deployment
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, contenders, could_win, pick_deployment, time_again
 from edgecnn.compression.export import export_onnx
 from edgecnn.compression.openvino_ir import (
     cpu_capabilities,
@@ -189,6 +190,26 @@ def test_the_files_that_could_win_are_the_eligible_ones_near_the_fastest():
         (True, True, None))]
     assert contenders(rows) == [0, 1]  # 1.6 is over 1.5x; over budget, over size and unmeasured never count
     assert contenders(rows[3:]) == []
+
+
+def test_timing_again_keeps_each_files_best_round_and_a_failed_round_changes_nothing():
+    entries = [{"latency_ms": {"p50": 1.4}}, {"latency_ms": {"p50": 1.0}}]
+    rows = [{"within_budget": True, "within_size": True, "p50_ms": e["latency_ms"]["p50"]} for e in entries]
+    first = {"chosen": {"path": "b"}, "candidates": rows}
+    assert could_win(first, entries) == entries and could_win({**first, "chosen": None}, entries) == []
+    assert could_win({**first, "candidates": first["candidates"][:1]}, entries[:1]) == []  # one alone: no rounds
+    before = copy.deepcopy(entries)
+
+    def fails(e: dict) -> dict:
+        raise UserError("device loopback: the agent failed")
+
+    with pytest.raises(UserError):
+        time_again(entries, fails)
+    assert entries == before
+    times = iter([1.5, 1.2, 1.1, 3.0])  # the second entry first, then the first: the order flips each round
+    time_again(entries, lambda e: {"p50": next(times)})
+    assert [e["latency_rounds_p50_ms"] for e in entries] == [[1.4, 1.2, 1.1], [1.0, 1.5, 3.0]]
+    assert [e["latency_ms"]["p50"] for e in entries] == [1.1, 1.0]
 
 
 def test_run_lists_openvino_candidates_and_deploys_the_fastest_within_budget(quickstart_report):

@@ -8,8 +8,8 @@ candidate with its runtime, precision, score, p50 and size, and says why the win
 Files timed once, one after another, are compared across minutes in which a shared host's speed
 drifts by 10-30%, enough to flip a pick. So every pick (the quantize stage's within a runtime, the
 bench stage's and `edgecnn deploy`'s across runtimes) first times each file once, then times the
-files that could win (`contenders`) again in CONFIRM_ROUNDS alternating rounds (`alternating_rounds`,
-order flipped each round) and keeps each one's best round.
+files that could win (`contenders`, `could_win`) again in CONFIRM_ROUNDS alternating rounds
+(`alternating_rounds`, `time_again`: order flipped each round) and keeps each one's best round.
 """
 
 from __future__ import annotations
@@ -72,11 +72,20 @@ def alternating_rounds(n: int, time_one: Callable[[int], T], rounds: int = CONFI
     return out
 
 
-def keep_best_round(entry: dict, again: list[dict]) -> None:
-    """Add a report entry's extra timing rounds (agent `latency_ms` dicts) to its `latency_rounds_p50_ms`; the
-    entry keeps its best round's `latency_ms`."""
-    entry.setdefault("latency_rounds_p50_ms", [entry["latency_ms"]["p50"]]).extend(lat["p50"] for lat in again)
-    entry["latency_ms"] = min([entry["latency_ms"], *again], key=lambda lat: lat["p50"])
+def could_win(pick: dict | None, entries: list[dict]) -> list[dict]:
+    """The entries (those `pick` was made of, in its order) that could win it; none unless two or more could."""
+    keep = contenders(pick["candidates"]) if pick and pick["chosen"] else []
+    return [entries[i] for i in keep] if len(keep) >= 2 else []
+
+
+def time_again(entries: list[dict], time_one: Callable[[dict], dict]) -> None:
+    """Time report entries again in CONFIRM_ROUNDS alternating rounds (`time_one`: an entry's agent `latency_ms`).
+    Each entry's `latency_rounds_p50_ms` gets its rounds and it keeps its best round's `latency_ms`; if a round
+    raises, no entry changes."""
+    rounds = alternating_rounds(len(entries), lambda i: time_one(entries[i]))
+    for e, again in zip(entries, rounds, strict=True):
+        e.setdefault("latency_rounds_p50_ms", [e["latency_ms"]["p50"]]).extend(lat["p50"] for lat in again)
+        e["latency_ms"] = min([e["latency_ms"], *again], key=lambda lat: lat["p50"])
 
 
 def pick_deployment(

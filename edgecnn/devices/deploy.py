@@ -25,14 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecnn.analysis.selection import (
-    CONFIRM_ROUNDS,
-    alternating_rounds,
-    contenders,
-    keep_best_round,
-    note_retimed,
-    pick_deployment,
-)
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, could_win, note_retimed, pick_deployment, time_again
 from edgecnn.analysis.stats import classification_fields
 from edgecnn.core.artifacts import safe_join
 from edgecnn.core.errors import UserError
@@ -332,12 +325,11 @@ def _retime(transport: Transport, workdir: str, npz: Path, pick: Callable[[list[
             runs: list[tuple[dict, list[str]]], profile: DeviceProfile, log=None) -> None:
     """Time the files that could win the pick again on the device, in alternating rounds on a one-image batch;
     each entry keeps its best round (analysis/selection.py)."""
-    files = [(e, argv) for e, argv in runs if e["format"] != "pytorch"]
-    first = pick([e for e, _ in files])
-    keep = contenders(first["candidates"]) if first and first["chosen"] else []
-    if len(keep) < 2:
+    files = [e for e, _ in runs if e["format"] != "pytorch"]
+    rivals = could_win(pick(files), files)
+    if not rivals:
         return
-    rivals = [files[i] for i in keep]
+    argv = {id(e): a for e, a in runs}
     with tempfile.TemporaryDirectory(prefix="edgecnn-deploy-") as tmp:
         write_timing_npz(npz, Path(tmp) / TIMING_NPZ)
         transport.put([Path(tmp) / TIMING_NPZ], workdir)
@@ -345,19 +337,15 @@ def _retime(transport: Transport, workdir: str, npz: Path, pick: Callable[[list[
         log(f"{profile.name}: timing the {len(rivals)} files that could be deployed again, "
             f"{CONFIRM_ROUNDS} alternating rounds")
 
-    def time_one(i: int) -> dict:
-        entry, argv = rivals[i]
-        proc = transport.run(argv, workdir, timeout=AGENT_TIMEOUT)
-        return _agent_json(proc, profile, Path(entry["path"]).name)["latency_ms"]
+    def time_one(e: dict) -> dict:
+        proc = transport.run(argv[id(e)], workdir, timeout=AGENT_TIMEOUT)
+        return _agent_json(proc, profile, Path(e["path"]).name)["latency_ms"]
 
     try:
-        rounds = alternating_rounds(len(rivals), time_one)
+        time_again(rivals, time_one)
     except UserError as e:  # the first measurements stand; nothing is lost to a failed extra round
         if log:
             log(f"{profile.name}: timing again failed, keeping the first timings ({e})")
-        return
-    for (e, _), again in zip(rivals, rounds, strict=True):
-        keep_best_round(e, again)
 
 
 def _put_renamed(transport: Transport, files: list[tuple[Path, str]], workdir: str) -> None:

@@ -19,14 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.analysis.selection import (
-    CONFIRM_ROUNDS,
-    alternating_rounds,
-    contenders,
-    keep_best_round,
-    note_retimed,
-    pick_deployment,
-)
+from edgecnn.analysis.selection import CONFIRM_ROUNDS, could_win, note_retimed, pick_deployment, time_again
 from edgecnn.config.recipe import QuantizeConfig, Recipe, recipe_dict
 from edgecnn.core.errors import StageFailed
 from edgecnn.core.progress import log, progress_bar
@@ -165,23 +158,24 @@ class BenchStage(Stage):
     def _retime_contenders(ctx: Context, todo: list[dict], models: list[dict], batches: dict, out: Path) -> None:
         """Time the files that could win the pick again, side by side; each keeps its best round's latency."""
         files = [(c, m) for c, m in zip(todo, models, strict=True) if m["format"] != "pytorch"]
-        first = deploy_pick(ctx, [m for _, m in files])
-        keep = contenders(first["candidates"]) if first and first["chosen"] else []
-        if len(keep) < 2:
+        rivals = could_win(deploy_pick(ctx, [m for _, m in files]), [m for _, m in files])
+        if not rivals:
             return
-        rivals = [(c, m) for i, (c, m) in enumerate(files) if i in keep]
+        source = {id(m): c for c, m in files}
         timing: dict[Path, Path] = {}
-        for c, _ in rivals:
-            npz = batches[c["source"]][0]
+        for m in rivals:
+            npz = batches[source[id(m)]["source"]][0]
             if npz not in timing:
                 timing[npz] = out / f"timing.{npz.stem}.npz"
                 write_timing_npz(npz, timing[npz])
         log(f"[dim]bench: timing the {len(rivals)} files that could be deployed again, {CONFIRM_ROUNDS} alternating "
             "rounds[/dim]")
-        rounds = alternating_rounds(len(rivals), lambda i: agent_run(
-            ctx, rivals[i][0], rivals[i][0]["file"], timing[batches[rivals[i][0]["source"]][0]])["latency_ms"])
-        for (_, m), again in zip(rivals, rounds, strict=True):
-            keep_best_round(m, again)
+
+        def time_one(m: dict) -> dict:
+            c = source[id(m)]
+            return agent_run(ctx, c, c["file"], timing[batches[c["source"]][0]])["latency_ms"]
+
+        time_again(rivals, time_one)
         for f in timing.values():
             f.unlink()
 
