@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.analysis.selection import alternating_rounds, within_budget
+from edgecnn.analysis.selection import time_again, within_budget
 from edgecnn.config.recipe import BenchConfig, OnnxQuantConfig, OpenvinoQuantConfig
 from edgecnn.runtime.host import run_agent_local
 
@@ -78,6 +78,7 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path, decoder
     return {
         "path": path,
         "accuracy": m["accuracy"],
+        "latency_ms": m["latency_ms"],
         "p50_ms": m["latency_ms"]["p50"],
         "threads": m["threads"],
         "size_bytes": m["size_bytes"],
@@ -88,12 +89,11 @@ def measure(path: Path, npz: Path, bench: BenchConfig, logits_out: Path, decoder
 
 def retime(files: list[dict], timing_npz: Path, bench: BenchConfig, decoder: Path | None = None) -> None:
     """Time measured files (`measure` results) again in alternating rounds on `timing_npz` (one image,
-    write_timing_npz); each keeps its best round's `p50_ms` and lists its rounds in `latency_rounds_p50_ms`."""
-    rounds = alternating_rounds(len(files), lambda i: _agent(files[i]["path"], timing_npz, bench,
-                                                             decoder)["latency_ms"]["p50"])
-    for f, again in zip(files, rounds, strict=True):
-        f["latency_rounds_p50_ms"] = [f["p50_ms"], *again]
-        f["p50_ms"] = min(f["latency_rounds_p50_ms"])
+    write_timing_npz), as the bench stage does (`time_again`); each keeps its best round's `latency_ms` and
+    `p50_ms` and lists its rounds in `latency_rounds_p50_ms`."""
+    time_again(files, lambda f: _agent(f["path"], timing_npz, bench, decoder)["latency_ms"])
+    for f in files:
+        f["p50_ms"] = f["latency_ms"]["p50"]
 
 
 def choose(candidates: list[dict], reference_accuracy: float, budget: float, key: str = "val_accuracy") -> dict | None:
