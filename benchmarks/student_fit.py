@@ -2,13 +2,13 @@
 
     python benchmarks/student_fit.py --run ~/.cache/edgecnn/bench/cifar10_chain [--run DIR ...] [--train-images 20000]
 
-writes benchmarks/student_fit.json. For each finished run of `benchmarks/cifar10_chain.py` (its run
-directory), the teacher, the distilled student and the pruned student (the run's own model files)
-are scored side by side, without augmentation, on `--train-images` training images (a fixed sample), on
-all validation images (where settings are compared) and on all test images: top-1 accuracy, top-1
-agreement with the teacher, and the soft-target loss the student trained on (T^2 x KL(teacher ||
-student) at the recipe's temperature). A student that fits the training images better with more
-epochs but scores the same on held-out images is short of capacity (or of generalisation), not of
+writes benchmarks/student_fit.json. For each run of `benchmarks/cifar10_chain.py` (its run directory,
+finished or past distillation), the teacher, the distilled student and the pruned student (the run's own
+model files, those written so far) are scored side by side, without augmentation, on `--train-images`
+training images (a fixed sample), on all validation images (where settings are compared) and on all test
+images: top-1 accuracy, top-1 agreement with the teacher, and the soft-target loss the student trained on
+(T^2 x KL(teacher || student) at the recipe's temperature). A student that fits the training images better
+with more epochs but scores the same on held-out images is short of capacity (or of generalisation), not of
 training time.
 """
 
@@ -33,14 +33,24 @@ HERE = Path(__file__).resolve().parent
 STAGES = {"teacher": "teacher/model.pt", "student": "distill/model.pt", "student-pruned": "prune/model.pt"}
 
 
+def run_recipe(run: Path) -> dict:
+    """The run's recipe: its report's, or (a run still pruning) the data and distill settings its distill stage used."""
+    if (run / "report.json").is_file():
+        return json.loads((run / "report.json").read_text())["recipe"]
+    key = json.loads((run / "distill" / "manifest.json").read_text())["key"]
+    return {"data": key["data"], "distill": key["config"]["distill"], "prune": {}}
+
+
 def fit_of_run(run: Path, train_images: int) -> dict:
-    """Each stage model's accuracy, teacher agreement and soft loss on training and test images."""
-    recipe = json.loads((run / "report.json").read_text())["recipe"]
+    """Each finished stage model's accuracy, teacher agreement and soft loss on training, validation and test images."""
+    recipe = run_recipe(run)
     d = recipe["data"]
     data = load_data(d["spec"], d["val_fraction"], d["mean"], d["std"])
     splits = {"train": data.train.head(train_images), "val": data.val, "test": data.test}
     logits = {}
     for name, rel in STAGES.items():
+        if not (run / rel).is_file():  # a run in progress: the stages finished so far
+            continue
         model, _ = load_model_file(run / rel)
         with torch.no_grad():
             logits[name] = {s: predict(model, data, split) for s, split in splits.items()}
@@ -54,13 +64,15 @@ def fit_of_run(run: Path, train_images: int) -> dict:
                       "agreement_with_teacher": accuracy(out[s], teacher.argmax(1)),
                       "soft_loss": float(kd_loss(out[s], teacher, split.y, recipe["distill"]["temperature"], 1.0))}
         rows[name] = row
-    return {"run": run.name, "distill_epochs": recipe["distill"]["epochs"], "distill_lr": recipe["distill"]["lr"],
+    return {"run": run.name, "finished": (run / "report.json").is_file(),
+            "distill_epochs": recipe["distill"]["epochs"], "distill_lr": recipe["distill"]["lr"],
             "prune_params_budget": recipe["prune"].get("params_budget"), "models": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, action="append", required=True, help="a finished cifar10_chain.py run")
+    ap.add_argument("--run", type=Path, action="append", required=True,
+                    help="a cifar10_chain.py run (finished, or past distillation)")
     ap.add_argument("--train-images", type=int, default=20000, help="training images scored (a fixed sample)")
     ap.add_argument("--out", type=Path, default=HERE / "student_fit.json")
     a = ap.parse_args()
