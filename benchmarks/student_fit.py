@@ -33,9 +33,9 @@ HERE = Path(__file__).resolve().parent
 STAGES = {"teacher": "teacher/model.pt", "student": "distill/model.pt", "student-pruned": "prune/model.pt"}
 
 
-def run_recipe(run: Path) -> dict:
+def run_recipe(run: Path, finished: bool) -> dict:
     """The run's recipe: its report's, or (a run still pruning) the data and distill settings its distill stage used."""
-    if (run / "report.json").is_file():
+    if finished:
         return json.loads((run / "report.json").read_text())["recipe"]
     key = json.loads((run / "distill" / "manifest.json").read_text())["key"]
     return {"data": key["data"], "distill": key["config"]["distill"], "prune": {}}
@@ -43,7 +43,8 @@ def run_recipe(run: Path) -> dict:
 
 def fit_of_run(run: Path, train_images: int) -> dict:
     """Each finished stage model's accuracy, teacher agreement and soft loss on training, validation and test images."""
-    recipe = run_recipe(run)
+    finished = (run / "report.json").is_file()
+    recipe = run_recipe(run, finished)
     d = recipe["data"]
     data = load_data(d["spec"], d["val_fraction"], d["mean"], d["std"])
     splits = {"train": data.train.head(train_images), "val": data.val, "test": data.test}
@@ -64,7 +65,7 @@ def fit_of_run(run: Path, train_images: int) -> dict:
                       "agreement_with_teacher": accuracy(out[s], teacher.argmax(1)),
                       "soft_loss": float(kd_loss(out[s], teacher, split.y, recipe["distill"]["temperature"], 1.0))}
         rows[name] = row
-    return {"run": run.name, "finished": (run / "report.json").is_file(),
+    return {"run": run.name, "finished": finished,
             "distill_epochs": recipe["distill"]["epochs"], "distill_lr": recipe["distill"]["lr"],
             "prune_params_budget": recipe["prune"].get("params_budget"), "models": rows}
 
